@@ -1,0 +1,230 @@
+"""The parity gate: ONNX Runtime against PyTorch on the exported graphs.
+
+Each check returns the worst absolute difference it saw (or the share of equal outputs);
+`check_parity` runs them all, and `ParityError` stops an fp32 export that is out of tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from export.reference_decoder import KVList, ReferenceDecoder
+from model.data import pad
+from model.decoding import greedy_decode
+from model.tokenizer import BOS_ID
+from model.transformer import Transformer
+
+TOLERANCE = 1e-4  # fp32 logits and K/V, ORT vs PyTorch
+BATCH_TOLERANCE = 1e-5  # a row alone vs the same row inside a batch, both on ORT
+
+# (batch, src_len, past_len, tgt_len): batch 1 and > 1, empty past, T > 1, long past.
+DECODER_SHAPES = [
+    (1, 4, 0, 1),
+    (2, 9, 0, 3),
+    (3, 5, 1, 1),
+    (4, 12, 17, 1),
+    (2, 6, 5, 4),
+    (5, 30, 63, 1),
+]
+ENCODER_SHAPES = [(1, 1), (1, 5), (4, 13), (8, 40)]
+
+
+class ParityError(RuntimeError):
+    """The exported graphs disagree with PyTorch beyond the tolerance."""
+
+
+def _diff(ours: np.ndarray, theirs: torch.Tensor) -> float:
+    return float(np.abs(ours.astype(np.float32) - theirs.float().numpy()).max())
+
+
+def _random_batch(
+    model: Transformer, batch: int, src_len: int, past_len: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sources (B, S) right-padded (row r loses r tokens) and a self mask (B, P) whose row r
+    has its first r slots masked, as a row that joined r steps late."""
+    g = torch.Generator().manual_seed(seed)
+    src_mask = torch.ones(batch, src_len, dtype=torch.int64)
+    past_mask = torch.ones(batch, past_len, dtype=torch.int64)
+    for row in range(1, batch):
+        src_mask[row, max(1, src_len - row) :] = 0
+        past_mask[row, : min(row, past_len)] = 0
+    src_ids = torch.randint(4, model.config.vocab_size, (batch, src_len), generator=g) * src_mask
+    return src_ids, src_mask, past_mask
+
+
+@torch.no_grad()
+def encoder_diff(model: Transformer, reference: ReferenceDecoder) -> float:
+    """Cross K/V on real source slots (padded slots are never attended to)."""
+    worst = 0.0
+    for seed, (batch, src_len) in enumerate(ENCODER_SHAPES):
+        src_ids, src_mask, _ = _random_batch(model, batch, src_len, 0, seed)
+        rows = [ids[: int(m.sum())].tolist() for ids, m in zip(src_ids, src_mask, strict=True)]
+        ours = reference.encode(rows).cross
+        theirs = [t for kv in model.cross_kv(model.encode(src_ids, src_mask)) for t in kv]
+        real = src_mask.bool()[:, None, :, None]  # (B, 1, S, 1)
+        for o, t in zip(ours, theirs, strict=True):
+            worst = max(worst, _diff(o * real.numpy(), t * real))
+    return worst
+
+
+@torch.no_grad()
+def decoder_diff(model: Transformer, reference: ReferenceDecoder) -> float:
+    """Logits and present K/V for every shape of DECODER_SHAPES."""
+    config = model.config
+    dtype = model.embed.tokens.weight.dtype
+    worst = 0.0
+    for seed, (batch, src_len, past_len, tgt_len) in enumerate(DECODER_SHAPES):
+        g = torch.Generator().manual_seed(100 + seed)
+        src_ids, src_mask, past_mask = _random_batch(model, batch, src_len, past_len, seed)
+        tgt_mask = torch.cat([past_mask, torch.ones(batch, tgt_len, dtype=torch.int64)], dim=1)
+        positions = past_mask.sum(dim=1, keepdim=True) + torch.arange(tgt_len)  # (B, T)
+        tgt_ids = torch.randint(4, config.vocab_size, (batch, tgt_len), generator=g)
+        shape = (batch, config.n_heads, past_len, config.head_dim)
+        past = [
+            (torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype))
+            for _ in range(config.n_decoder_layers)
+        ]
+        cross = model.cross_kv(model.encode(src_ids, src_mask))
+        logits, present = model.decode_step(tgt_ids, positions, tgt_mask, src_mask, past, cross)
+        feed = {
+            "input_ids": tgt_ids.numpy(),
+            "position_ids": positions.numpy(),
+            "decoder_attention_mask": tgt_mask.numpy(),
+            "encoder_attention_mask": src_mask.numpy(),
+        }
+        as_graph = reference.float_dtype  # an fp16 graph is fed the fp32 model's values, cast
+        for i, ((pk, pv), (ck, cv)) in enumerate(zip(past, cross, strict=True)):
+            feed |= {
+                f"past_key_values.{i}.decoder.key": pk.numpy().astype(as_graph),
+                f"past_key_values.{i}.decoder.value": pv.numpy().astype(as_graph),
+                f"past_key_values.{i}.encoder.key": ck.numpy().astype(as_graph),
+                f"past_key_values.{i}.encoder.value": cv.numpy().astype(as_graph),
+            }
+        ours = reference.decoder.run(None, feed)
+        theirs = [logits, *(t for kv in present for t in kv)]
+        worst = max(worst, *(_diff(o, t) for o, t in zip(ours, theirs, strict=True)))
+    return worst
+
+
+@torch.no_grad()
+def greedy_agreement(
+    model: Transformer, reference: ReferenceDecoder, sources: list[list[int]], max_new_tokens: int
+) -> float:
+    """Share of sources whose cached greedy tokens on ORT equal PyTorch's exactly."""
+    src_ids, src_mask = pad(sources)
+    theirs = greedy_decode(model, src_ids, src_mask, max_new_tokens)
+    ours = reference.greedy(sources, max_new_tokens)
+    return sum(o == t for o, t in zip(ours, theirs, strict=True)) / len(sources)
+
+
+def _forced_token(row: int, step: int, vocab: int) -> int:
+    """Teacher-forced input tokens that differ per row and step (the logits are what we compare)."""
+    return (row * 7 + step * 13 + 4) % vocab
+
+
+def _decode_forced(
+    reference: ReferenceDecoder,
+    sources: list[list[int]],
+    starts: list[int],
+    steps: int,
+    row_ids: list[int],
+) -> list[list[np.ndarray]]:
+    """Decode rows that join at different steps (`starts`), left-padding the caches of late rows.
+
+    Returns per row the logits of each of its own steps."""
+    encoded = reference.encode(sources)
+    batch = len(sources)
+    past: KVList = reference.empty_past(batch)
+    tgt_mask = np.zeros((batch, 0), dtype=np.int64)
+    tokens = np.full(batch, BOS_ID, dtype=np.int64)
+    logits_per_row: list[list[np.ndarray]] = [[] for _ in range(batch)]
+    for step in range(steps + max(starts)):
+        active = np.array([step >= s for s in starts])
+        positions = np.array([max(step - s, 0) for s in starts], dtype=np.int64)
+        tgt_mask = np.concatenate([tgt_mask, active[:, None].astype(np.int64)], axis=1)
+        logits, past = reference.step(tokens, positions, tgt_mask, encoded, past)
+        for row in np.flatnonzero(active):
+            own_step = step - starts[row]
+            if own_step < steps:
+                logits_per_row[row].append(logits[row])
+        vocab = logits.shape[1]
+        tokens = np.array(
+            [
+                _forced_token(row_ids[r], max(step - starts[r], 0), vocab) if active[r] else BOS_ID
+                for r in range(batch)
+            ],
+            dtype=np.int64,
+        )
+    return logits_per_row
+
+
+def batch_vs_alone_diff(
+    reference: ReferenceDecoder, sources: list[list[int]], steps: int = 6
+) -> float:
+    """Each row of a padded batch against the same row decoded alone, at every step."""
+    row_ids = list(range(len(sources)))
+    batched = _decode_forced(reference, sources, [0] * len(sources), steps, row_ids)
+    worst = 0.0
+    for row, source in enumerate(sources):
+        (alone,) = _decode_forced(reference, [source], [0], steps, [row])
+        worst = max(
+            worst, *(float(np.abs(b - a).max()) for b, a in zip(batched[row], alone, strict=True))
+        )
+    return worst
+
+
+def late_join_diff(reference: ReferenceDecoder, sources: list[list[int]], steps: int = 6) -> float:
+    """Rows joining a running batch mid-way (masked, left-padded cache slots) against alone."""
+    starts = [2 * row for row in range(len(sources))]
+    row_ids = list(range(len(sources)))
+    joined = _decode_forced(reference, sources, starts, steps, row_ids)
+    worst = 0.0
+    for row, source in enumerate(sources):
+        (alone,) = _decode_forced(reference, [source], [0], steps, [row])
+        worst = max(
+            worst, *(float(np.abs(j - a).max()) for j, a in zip(joined[row], alone, strict=True))
+        )
+    return worst
+
+
+def check_parity(
+    model: Transformer, reference: ReferenceDecoder, sources: list[list[int]], gate: bool
+) -> dict[str, float]:
+    """Run every check; with `gate`, raise ParityError when one is out of tolerance.
+
+    Args:
+        model: the PyTorch model the graphs were exported from, in eval mode.
+        reference: a decoder over the exported bundle.
+        sources: source id rows for the decoding checks (real sentences when available).
+        gate: enforce the fp32 tolerances (off for fp16 and int8, whose figures are reported).
+    """
+    figures = {
+        "encoder_max_abs_diff": encoder_diff(model, reference),
+        "decoder_max_abs_diff": decoder_diff(model, reference),
+        "greedy_token_agreement": greedy_agreement(model, reference, sources, max_new_tokens=24),
+        "batch_vs_alone_max_abs_diff": batch_vs_alone_diff(reference, sources[:6]),
+        "late_join_max_abs_diff": late_join_diff(reference, sources[:4]),
+    }
+    if gate:
+        failures = [
+            f"{name} = {value:.3g} (limit {limit:g})"
+            for name, value, limit in (
+                ("encoder_max_abs_diff", figures["encoder_max_abs_diff"], TOLERANCE),
+                ("decoder_max_abs_diff", figures["decoder_max_abs_diff"], TOLERANCE),
+                (
+                    "batch_vs_alone_max_abs_diff",
+                    figures["batch_vs_alone_max_abs_diff"],
+                    BATCH_TOLERANCE,
+                ),
+                ("late_join_max_abs_diff", figures["late_join_max_abs_diff"], BATCH_TOLERANCE),
+            )
+            if value > limit
+        ]
+        if figures["greedy_token_agreement"] < 1.0:
+            failures.append(
+                f"greedy_token_agreement = {figures['greedy_token_agreement']:.2%} (must be 100%)"
+            )
+        if failures:
+            raise ParityError("ONNX Runtime disagrees with PyTorch: " + "; ".join(failures))
+    return figures

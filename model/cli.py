@@ -1,0 +1,60 @@
+"""Command-line plumbing shared by `model.train` and `model.evaluate`: corpus options and errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from model.builtin_corpus import builtin_corpus
+from model.checkpoint import CheckpointError
+from model.corpus import Corpus, CorpusError, read_aligned, read_tsv, split_corpus
+from model.tokenizer import UnknownLanguageError
+
+# Errors whose message is the whole story: printed on one line, exit status 2, no traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (CorpusError, CheckpointError, UnknownLanguageError)
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("corpus")
+    group.add_argument(
+        "--corpus",
+        default="builtin",
+        help="'builtin', a TSV file (source<TAB>target or lang<TAB>source<TAB>target),"
+        " or the source file of two line-aligned files (see --target-file)",
+    )
+    group.add_argument("--target-file", type=Path, help="target side of a line-aligned corpus")
+    group.add_argument("--target-lang", help="target language of a 2-column or line-aligned corpus")
+    group.add_argument(
+        "--corpus-size", type=int, default=200_000, help="pairs in the built-in corpus"
+    )
+    group.add_argument("--corpus-seed", type=int, default=1234, help="seed of the built-in corpus")
+
+
+def corpus_from_args(args: argparse.Namespace) -> Corpus:
+    if args.corpus == "builtin":
+        return builtin_corpus(args.corpus_size, args.corpus_seed)
+    path = Path(args.corpus)
+    if args.target_file is not None:
+        if args.target_lang is None:
+            raise CorpusError("a line-aligned corpus needs --target-lang")
+        pairs = read_aligned(path, args.target_file, args.target_lang)
+    else:
+        pairs = read_tsv(path, args.target_lang)
+    corpus = split_corpus(pairs)
+    if not corpus.train:
+        raise CorpusError(f"{path}: no sentence pair landed in the train split")
+    return corpus
+
+
+def run_cli(main: Callable[[], None], extra_errors: tuple[type[Exception], ...] = ()) -> None:
+    """Run `main`, turning the errors a user can fix into one line on stderr and exit status 2."""
+    errors: tuple[type[Exception], ...] = (*USER_ERRORS, *extra_errors)
+    try:
+        main()
+    except errors as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

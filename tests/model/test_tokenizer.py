@@ -1,0 +1,42 @@
+"""The shared sentencepiece vocabulary with target-language tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.corpus import Corpus
+from model.tokenizer import EOS_ID, Tokenizer, UnknownLanguageError
+
+
+def test_round_trips_every_corpus_sentence(tiny_tokenizer: Tokenizer, tiny_corpus: Corpus) -> None:
+    for pair in tiny_corpus.train + tiny_corpus.test:
+        assert tiny_tokenizer.decode(tiny_tokenizer.encode_target(pair.target)) == pair.target
+        assert tiny_tokenizer.decode(tiny_tokenizer.encode_target(pair.source)) == pair.source
+
+
+def test_source_starts_with_language_token_and_ends_with_eos(tiny_tokenizer: Tokenizer) -> None:
+    ids = tiny_tokenizer.encode_source("forty-two", "de")
+    assert ids[0] == tiny_tokenizer.lang_id("de") != tiny_tokenizer.lang_id("fr")
+    assert ids[-1] == EOS_ID
+    assert tiny_tokenizer.languages == ("de", "es", "fr", "it")
+
+
+def test_digits_are_single_pieces(tiny_tokenizer: Tokenizer) -> None:
+    pieces = [tiny_tokenizer.decode([i]) for i in tiny_tokenizer.encode_target("March 3, 2024")]
+    assert all(sum(c.isdigit() for c in piece) <= 1 for piece in pieces)
+    assert "".join(pieces).replace(" ", "") == "March3,2024"
+
+
+def test_unknown_language_names_the_supported_ones(tiny_tokenizer: Tokenizer) -> None:
+    with pytest.raises(
+        UnknownLanguageError, match="unsupported target language 'pt'; supported: de, es, fr, it"
+    ):
+        tiny_tokenizer.encode_source("one", "pt")
+
+
+def test_save_and_load(tiny_tokenizer: Tokenizer, tmp_path) -> None:
+    tiny_tokenizer.save(tmp_path / "tokenizer.model")
+    loaded = Tokenizer.load(tmp_path / "tokenizer.model")
+    assert loaded.encode_source("March 3, 2021", "it") == tiny_tokenizer.encode_source(
+        "March 3, 2021", "it"
+    )
