@@ -1,0 +1,59 @@
+"""`python -m service`: settings -> TranslationServer -> serve until SIGTERM -> drain -> exit.
+
+Exit codes: 0 after a clean drain; 1 when startup fails (bad settings, bundle or device), with one
+error line naming the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from service.bundle import BundleError
+from service.server import TranslationServer
+from service.sessions import DeviceError
+from service.settings import ServiceSettings
+
+log = logging.getLogger("service")
+
+
+async def serve(settings: ServiceSettings) -> None:
+    """Run the server until SIGTERM or SIGINT, then drain within the grace period."""
+    server = TranslationServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("draining: grace period %.1f s", settings.grace_period_s)
+    await server.stop()
+    log.info("stopped")
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = ServiceSettings()
+    except ValidationError as error:
+        log.error("invalid settings: %s", error)
+        return 1
+    logging.getLogger("service").setLevel(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except (BundleError, DeviceError, OSError, RuntimeError) as error:
+        log.error("startup failed: %s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A command-line client for people.
+
+    python -m service.client --to de "forty-two" "Good morning."
+    echo "How are you?" | python -m service.client --to fr
+    python -m service.client --to de --beam 4 --n-best 2 "forty-two"
+    python -m service.client --to de --stream "It is a long sentence."
+    python -m service.client --list
+
+Each argument (or each stdin line) is one segment; one output line per segment (per hypothesis
+with --n-best). Errors print the gRPC status and message and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from service.pb.translator.v1 import translator_pb2 as pb
+from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.client", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "text", nargs="*", help="segments to translate; none: read lines from stdin"
+    )
+    parser.add_argument("--to", dest="target", default="de", help="target language (default de)")
+    parser.add_argument("--address", default="localhost:50051", help="host:port of the service")
+    parser.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    parser.add_argument("--n-best", type=int, default=1, help="hypotheses per segment")
+    parser.add_argument(
+        "--max-tokens", type=int, default=0, help="max output tokens (0 = model limit)"
+    )
+    parser.add_argument("--length-penalty", type=float, default=None, help="beam length penalty")
+    parser.add_argument("--stream", action="store_true", help="stream partial output (one segment)")
+    parser.add_argument(
+        "--list", action="store_true", help="print the model's languages and limits"
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> pb.DecodingOptions:
+    options = pb.DecodingOptions(
+        beam_size=args.beam, max_output_tokens=args.max_tokens, n_best=args.n_best
+    )
+    if args.length_penalty is not None:
+        options.length_penalty = args.length_penalty
+    return options
+
+
+def _translate(stub: pb_grpc.TranslatorStub, args: argparse.Namespace, segments: list[str]) -> None:
+    request = pb.TranslateRequest(
+        segments=[s.encode() for s in segments], target_language=args.target, options=_options(args)
+    )
+    response = stub.Translate(request, timeout=args.timeout)
+    for translation in response.translations:
+        if args.n_best > 1:
+            for hyp in translation.hypotheses:
+                print(f"{hyp.score:.4f}\t{hyp.text}")
+        else:
+            print(translation.text)
+
+
+def _stream(stub: pb_grpc.TranslatorStub, args: argparse.Namespace, segment: str) -> None:
+    request = pb.TranslateStreamRequest(
+        text=segment.encode(), target_language=args.target, options=_options(args)
+    )
+    for message in stub.TranslateStream(request, timeout=args.timeout):
+        if message.HasField("partial"):
+            print(f"... {message.partial.text}", file=sys.stderr)
+        else:
+            print(message.final.text)
+
+
+def _list(stub: pb_grpc.TranslatorStub, args: argparse.Namespace) -> None:
+    info = stub.ListLanguages(pb.ListLanguagesRequest(), timeout=args.timeout)
+    print(f"model {info.model_name} {info.model_version} ({info.precision}, {info.provider})")
+    print(f"{info.source_language} -> {', '.join(info.target_languages)}")
+    print(str(info.limits).strip().replace("\n", ", "))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    segments = list(args.text) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    with grpc.insecure_channel(args.address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        try:
+            if args.list:
+                _list(stub, args)
+            elif args.stream:
+                for segment in segments:
+                    _stream(stub, args, segment)
+            else:
+                _translate(stub, args, segments)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The runner: encode admitted segments, one decoder step for every row, select next tokens.
+
+All segments in flight are rows of one batch. A segment's rows are contiguous (one row under
+greedy search, up to beam_size under beam search). Per row the batch keeps its last token, its
+next position and a mask over the self-attention slots; the KV cache of every row is padded on
+the left to the longest past, the cross K/V padded on the right to the longest source:
+
+    tokens (B,)  positions (B,)  self_mask (B, P)  src_mask (B, S)
+    past  2L x (B, H, P, Dh)     cross 2L x (B, H, S, Dh)
+
+A `step(plan)` drops cancelled segments, runs the encoder once on the admitted ones (batched) and
+appends their rows (empty past: all P slots masked), runs one decoder step, lets each segment's
+search pick its next rows, then reorders the batch with one `take`, trims slots no row uses and
+reports what each segment committed. The encoder never runs twice for a segment and past steps
+are never recomputed. Runs in the engine's worker thread; no asyncio here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.kv import KVList, KVOps
+from service.search import Search, StepScores, make_search
+from service.types import SegmentJob, SegmentUpdate, StepPlan, StepResult
+
+
+class ModelSessions(Protocol):
+    """The two graphs, as `sessions.OrtSessions` runs them."""
+
+    kv: KVOps
+
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVList:
+        """(B, S) right-padded ids and mask -> cross K/V 2L x (B, H, S, Dh)."""
+        ...
+
+    def decode(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        *,
+        self_mask: np.ndarray,
+        src_mask: np.ndarray,
+        past: KVList,
+        cross: KVList,
+    ) -> tuple[np.ndarray, KVList]:
+        """One step: (B,) tokens and positions, (B, P+1) and (B, S) masks -> logits (B, V),
+        present 2L x (B, H, P+1, Dh)."""
+        ...
+
+
+@dataclass
+class _Batch:
+    """The rows in flight; see the module docstring for shapes."""
+
+    seq_of_row: np.ndarray  # (B,) int64 seq_id of each row
+    tokens: np.ndarray  # (B,) int64 last token of each row
+    positions: np.ndarray  # (B,) int64 position of that token
+    self_mask: np.ndarray  # (B, P) int64, 0 = left-pad slot
+    src_mask: np.ndarray  # (B, S) int64, 0 = right-pad slot
+    past: KVList  # 2L x (B, H, P, Dh)
+    cross: KVList  # 2L x (B, H, S, Dh)
+
+
+def _pad_right(rows: list[tuple[int, ...]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad rows into ids (B, S) and a 0/1 mask (B, S), both int64."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def _length_groups(lengths: list[int]) -> list[tuple[int, int]]:
+    """Split sorted source lengths into [start, stop) groups encoded together: a group ends where
+    a source is over 1.5x the group's shortest, so little encoder work goes into padding."""
+    groups, start = [], 0
+    for i, length in enumerate(lengths):
+        if length > 1.5 * lengths[start]:
+            groups.append((start, i))
+            start = i
+    return [*groups, (start, len(lengths))]
+
+
+def _join_masks(first: np.ndarray, second: np.ndarray, width: int) -> np.ndarray:
+    """Rows of both masks, each followed by zeros up to `width` columns."""
+    joined = np.zeros((len(first) + len(second), width), dtype=np.int64)
+    joined[: len(first), : first.shape[1]] = first
+    joined[len(first) :, : second.shape[1]] = second
+    return joined
+
+
+class Seq2SeqRunner:
+    """Continuous-batching decoder over `ModelSessions`.
+
+    Args:
+        sessions: the encoder and decoder graphs and the KV operations for their arrays.
+        special_tokens: {"pad", "bos", "eos", ...} -> id, from the manifest.
+    """
+
+    def __init__(self, sessions: ModelSessions, special_tokens: dict[str, int]) -> None:
+        self._sessions = sessions
+        self._kv = sessions.kv
+        self._pad_id = special_tokens["pad"]
+        self._bos_id = special_tokens["bos"]
+        self._eos_id = special_tokens["eos"]
+        self._batch: _Batch | None = None
+        self._searches: dict[int, Search] = {}  # seq_id -> search, in row order
+
+    @property
+    def rows(self) -> int:
+        return 0 if self._batch is None else len(self._batch.seq_of_row)
+
+    def reset(self) -> None:
+        """Forget every row (after a runtime failure)."""
+        self._batch = None
+        self._searches = {}
+
+    def step(self, plan: StepPlan) -> StepResult:
+        """Apply `plan`, then run one decoder step for every row.
+
+        Args:
+            plan: segments to admit (encoded together) and segments to drop.
+
+        Returns:
+            What each segment committed, the finished ones' hypotheses, timings and shapes.
+        """
+        self._drop(plan.drop)
+        encoder_seconds = encoder_padding = None
+        if plan.admit:
+            encoder_seconds, encoder_padding = self._admit(plan.admit)
+        if self._batch is None:
+            return StepResult((), 0, 0.0, encoder_seconds, 1.0, encoder_padding)
+        batch = self._batch
+        self_mask = np.concatenate([batch.self_mask, np.ones_like(batch.tokens)[:, None]], axis=1)
+        start = time.perf_counter()
+        logits, present = self._sessions.decode(
+            batch.tokens,
+            batch.positions,
+            self_mask=self_mask,
+            src_mask=batch.src_mask,
+            past=batch.past,
+            cross=batch.cross,
+        )  # (B, V), 2L x (B, H, P+1, Dh)
+        step_seconds = time.perf_counter() - start
+        padding = float(self_mask.mean())
+        rows = len(batch.tokens)
+        parents, tokens, updates = self._select(logits)
+        self._reorder(parents, tokens, self_mask, present)
+        return StepResult(
+            tuple(updates), rows, step_seconds, encoder_seconds, padding, encoder_padding
+        )
+
+    def _drop(self, seq_ids: frozenset[int]) -> None:
+        gone = seq_ids & self._searches.keys()
+        if not gone or self._batch is None:
+            return
+        for seq_id in gone:
+            del self._searches[seq_id]
+        keep = np.flatnonzero(~np.isin(self._batch.seq_of_row, list(gone)))
+        self._take(keep, layout_changed=True)
+
+    def _admit(self, jobs: tuple[SegmentJob, ...]) -> tuple[float, float]:
+        """Encode `jobs` and append one row each (`<s>` at position 0)."""
+        jobs = tuple(sorted(jobs, key=lambda job: len(job.src_ids)))
+        src_len = len(jobs[-1].src_ids)
+        cross: KVList = []
+        seconds = real = padded = 0.0
+        for start, stop in _length_groups([len(job.src_ids) for job in jobs]):
+            ids, mask = _pad_right([job.src_ids for job in jobs[start:stop]], self._pad_id)
+            began = time.perf_counter()
+            part = self._sessions.encode(ids, mask)  # 2L x (N', H, S', Dh)
+            seconds += time.perf_counter() - began
+            real, padded = real + float(mask.sum()), padded + mask.size
+            cross = self._kv.join(cross, part, src_len) if cross else part
+        _, src_mask = _pad_right([job.src_ids for job in jobs], self._pad_id)
+        n = len(jobs)
+        new = _Batch(
+            seq_of_row=np.array([job.seq_id for job in jobs], dtype=np.int64),
+            tokens=np.full(n, self._bos_id, dtype=np.int64),
+            positions=np.zeros(n, dtype=np.int64),
+            self_mask=np.zeros((n, 0), dtype=np.int64),
+            src_mask=src_mask,
+            past=self._kv.zeros(cross, n, 0),
+            cross=cross,
+        )
+        for job in jobs:
+            self._searches[job.seq_id] = make_search(job.options, self._eos_id)
+        self._batch = new if self._batch is None else self._join(self._batch, new)
+        return seconds, real / padded
+
+    def _join(self, old: _Batch, new: _Batch) -> _Batch:
+        """`old` rows then `new` rows; the shorter past is left-padded, the shorter source
+        right-padded, so every row keeps its own slots."""
+        past_len = old.self_mask.shape[1]
+        src_len = max(old.src_mask.shape[1], new.src_mask.shape[1])
+        return _Batch(
+            seq_of_row=np.concatenate([old.seq_of_row, new.seq_of_row]),
+            tokens=np.concatenate([old.tokens, new.tokens]),
+            positions=np.concatenate([old.positions, new.positions]),
+            self_mask=_join_masks(old.self_mask, new.self_mask, past_len),
+            src_mask=_join_masks(old.src_mask, new.src_mask, src_len),
+            past=self._kv.join(old.past, new.past, past_len),  # new rows' slots: all padding
+            cross=self._kv.join(old.cross, new.cross, src_len),
+        )
+
+    def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[SegmentUpdate]]:
+        """Each search advances on its rows' logits (B, V) -> parent rows (B',), tokens (B',)."""
+        assert self._batch is not None
+        scores = StepScores.of(logits)
+        parents: list[int] = []
+        tokens: list[int] = []
+        updates: list[SegmentUpdate] = []
+        start = 0
+        for seq_id, search in list(self._searches.items()):
+            rows = search.rows
+            origins, next_tokens = search.advance(scores, start)
+            parents += origins
+            tokens += next_tokens
+            if search.done:
+                del self._searches[seq_id]
+                updates.append(SegmentUpdate(seq_id, search.committed(), search.results()))
+            else:
+                updates.append(SegmentUpdate(seq_id, search.committed()))
+            start += rows
+        return np.array(parents, dtype=np.int64), np.array(tokens, dtype=np.int64), updates
+
+    def _reorder(
+        self, parents: np.ndarray, tokens: np.ndarray, self_mask: np.ndarray, present: KVList
+    ) -> None:
+        """The next batch: row i continues row parents[i] and appends tokens[i]."""
+        assert self._batch is not None
+        batch = self._batch
+        batch.past, batch.self_mask = present, self_mask
+        batch.positions = batch.positions + 1
+        if len(parents) == 0:
+            self.reset()
+            return
+        same_rows = len(parents) == len(batch.tokens) and bool(
+            (parents == np.arange(len(parents))).all()
+        )
+        if not same_rows:
+            layout_changed = len(parents) != len(batch.tokens) or bool(
+                (batch.seq_of_row[parents] != batch.seq_of_row).any()
+            )
+            self._take(parents, layout_changed)
+        self._batch.tokens = tokens
+
+    def _take(self, rows: np.ndarray, layout_changed: bool) -> None:
+        """Keep `rows` (N,) of the batch, in that order, in one gather per tensor that also drops
+        the leading self slots and trailing source slots no kept row uses. The cross K/V of a
+        segment's rows are equal, so they are only gathered when rows move between segments."""
+        assert self._batch is not None
+        if len(rows) == 0:
+            self.reset()
+            return
+        b = self._batch
+        self_mask = b.self_mask[rows]
+        used = np.flatnonzero(self_mask.any(axis=0))
+        first = int(used[0]) if len(used) else self_mask.shape[1]
+        src_mask, cross = b.src_mask, b.cross
+        if layout_changed:
+            src_mask = b.src_mask[rows]
+            last = int(np.flatnonzero(src_mask.any(axis=0))[-1]) + 1
+            src_mask = src_mask[:, :last]
+            cross = self._kv.take(b.cross, rows, 0, last)
+        self._batch = _Batch(
+            seq_of_row=b.seq_of_row[rows],
+            tokens=b.tokens[rows],
+            positions=b.positions[rows],
+            self_mask=self_mask[:, first:],
+            src_mask=src_mask,
+            past=self._kv.take(b.past, rows, first, self_mask.shape[1]),
+            cross=cross,
+        )

@@ -1,0 +1,281 @@
+"""ONNX Runtime sessions for the bundle's two graphs: the only module importing onnxruntime.
+
+Device choice (`TRANSLATOR_DEVICE`): `cpu`; `cuda`, which fails at startup unless the sessions
+really run on the CUDA provider (ONNX Runtime itself falls back to CPU silently); `auto`, CUDA
+when usable, otherwise CPU with a warning. The provider really in use is `OrtSessions.provider`.
+
+On CPU the graphs take and return numpy arrays. On CUDA every call goes through IOBinding: the
+small int64 inputs are copied in, the logits copied out, and the KV cache stays on the GPU as
+OrtValues; `OrtValueKV` gathers, pads, slices and concatenates it there with tiny helper graphs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from service.bundle import Bundle, decoder_output_names, encoder_output_names
+from service.kv import KVList, KVOps, NumpyKV
+
+log = logging.getLogger(__name__)
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used."""
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: one per core
+    options.inter_op_num_threads = 1  # the graphs are sequential
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; the provider check below reports fallbacks
+    return options
+
+
+def _cuda_driver_present() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def _wanted_providers(device: str) -> list[str]:
+    cuda_built = CUDA in ort.get_available_providers()
+    if device == "cuda" and not cuda_built:
+        raise DeviceError("TRANSLATOR_DEVICE=cuda but this onnxruntime has no CUDA provider")
+    if device == "cuda" or (device == "auto" and cuda_built and _cuda_driver_present()):
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def open_session(path: str, device: str, threads: int) -> ort.InferenceSession:
+    """A session on the requested device, checked against the provider it really got.
+
+    Raises:
+        DeviceError: `cuda` was requested and the session did not get the CUDA provider.
+    """
+    session = ort.InferenceSession(
+        path, _session_options(threads), providers=_wanted_providers(device)
+    )
+    provider = session.get_providers()[0]
+    if device == "cuda" and provider != CUDA:
+        raise DeviceError(f"TRANSLATOR_DEVICE=cuda but {path} runs on {provider}: CUDA is unusable")
+    return session
+
+
+class OrtSessions:
+    """The encoder and decoder graphs of a bundle, on one device.
+
+    Args:
+        bundle: the checked bundle.
+        device: auto, cpu or cuda.
+        threads: intra-op threads on CPU (0: one per core).
+        io_binding: on CPU too, run the IOBinding path of CUDA (tests it without a GPU).
+    """
+
+    def __init__(self, bundle: Bundle, device: str, threads: int, io_binding: bool = False) -> None:
+        self.encoder = open_session(str(bundle.encoder_path), device, threads)
+        self.decoder = open_session(str(bundle.decoder_path), device, threads)
+        self.provider: str = self.decoder.get_providers()[0]
+        if device == "auto" and self.provider != CUDA:
+            log.warning(
+                "TRANSLATOR_DEVICE=auto: no usable CUDA device; running on %s", self.provider
+            )
+        n_layers = bundle.manifest.n_layers
+        self._encoder_outputs = encoder_output_names(n_layers)
+        self._decoder_outputs = decoder_output_names(n_layers)
+        self._n_layers = n_layers
+        bound = "cuda" if self.provider == CUDA else ("cpu" if io_binding else None)
+        self._bound_device = bound  # None: plain numpy runs
+        self.kv: KVOps = NumpyKV() if bound is None else OrtValueKV(bound)
+
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVList:
+        """(B, S) ids and mask -> cross K/V 2L x (B, H, S, Dh)."""
+        feed = {"input_ids": src_ids, "attention_mask": src_mask}
+        return self._run(
+            self.encoder, feed, self._encoder_outputs, keep_on_device=self._encoder_outputs
+        )
+
+    def decode(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        *,
+        self_mask: np.ndarray,
+        src_mask: np.ndarray,
+        past: KVList,
+        cross: KVList,
+    ) -> tuple[np.ndarray, KVList]:
+        """One step for B rows -> logits (B, V) and present K/V 2L x (B, H, P+1, Dh)."""
+        feed: dict[str, Any] = {
+            "input_ids": tokens[:, None],
+            "position_ids": positions[:, None],
+            "decoder_attention_mask": self_mask,
+            "encoder_attention_mask": src_mask,
+        }
+        for i in range(self._n_layers):
+            for j, kv in enumerate(("key", "value")):
+                feed[f"past_key_values.{i}.decoder.{kv}"] = past[2 * i + j]
+                feed[f"past_key_values.{i}.encoder.{kv}"] = cross[2 * i + j]
+        logits, *present = self._run(
+            self.decoder, feed, self._decoder_outputs, keep_on_device=self._decoder_outputs[1:]
+        )
+        return np.asarray(logits)[:, -1], present
+
+    def _run(
+        self,
+        session: ort.InferenceSession,
+        feed: dict[str, Any],
+        outputs: list[str],
+        keep_on_device: Sequence[str],
+    ) -> list[Any]:
+        if self._bound_device is None:
+            return list(session.run(outputs, feed))
+        return _run_bound(session, feed, outputs, set(keep_on_device), self._bound_device)
+
+
+def _run_bound(
+    session: ort.InferenceSession,
+    feed: dict[str, Any],
+    outputs: list[str],
+    on_device: set[str],
+    device: str = "cuda",
+) -> list[Any]:
+    """Run with IOBinding: numpy inputs copied in, OrtValues bound as they are; outputs in
+    `on_device` stay on `device` as OrtValues, the others come back as numpy."""
+    binding = session.io_binding()
+    for name, value in feed.items():
+        if isinstance(value, np.ndarray):
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        else:
+            binding.bind_ortvalue_input(name, value)
+    for name in outputs:
+        binding.bind_output(name, device if name in on_device else "cpu")
+    session.run_with_iobinding(binding)
+    values = binding.get_outputs()
+    return [v if name in on_device else v.numpy() for name, v in zip(outputs, values, strict=True)]
+
+
+_ONNX_TYPES = {"tensor(float)": TensorProto.FLOAT, "tensor(float16)": TensorProto.FLOAT16}
+
+
+class OrtValueKV:
+    """`KVOps` on device OrtValues, each operation one tiny ONNX graph run on the device.
+
+    Args:
+        device: "cuda" (the service), or "cpu" (tests of the graphs on a machine without a GPU).
+    """
+
+    def __init__(self, device: str = "cuda") -> None:
+        self._device = device
+        self._provider = CUDA if device == "cuda" else CPU
+        self._graphs: dict[tuple[str, int, int], ort.InferenceSession] = {}
+
+    def zeros(self, like: KVList, rows: int, length: int) -> KVList:
+        _, heads, _, head_dim = like[0].shape()
+        dtype = np.float16 if like[0].data_type() == "tensor(float16)" else np.float32
+        host = np.zeros((rows, heads, length, head_dim), dtype=dtype)
+        zero = ort.OrtValue.ortvalue_from_numpy(host, self._device, 0)
+        return [zero] * len(like)  # read-only inputs: one buffer serves every layer
+
+    def take(self, kv: KVList, rows: np.ndarray, start: int, stop: int) -> KVList:
+        if (start, stop) != (0, kv[0].shape()[2]):
+            kv = self._slice(kv, start, stop)
+        return self._apply("take", kv, {"rows": rows.astype(np.int64)})
+
+    def join(self, first: KVList, second: KVList, length: int) -> KVList:
+        first, second = self._pad(first, length), self._pad(second, length)
+        return self._apply("concat", [*first, *second], {})
+
+    def _pad(self, kv: KVList, length: int) -> KVList:
+        missing = length - kv[0].shape()[2]
+        if missing == 0:
+            return kv
+        pads = np.array([0, 0, 0, 0, 0, 0, missing, 0], dtype=np.int64)
+        return self._apply("pad", kv, {"pads": pads})
+
+    def _slice(self, kv: KVList, start: int, stop: int) -> KVList:
+        bounds = {"starts": np.array([start], np.int64), "ends": np.array([stop], np.int64)}
+        return self._apply("slice", kv, bounds)
+
+    def _apply(self, op: str, tensors: KVList, extra: dict[str, np.ndarray]) -> KVList:
+        elem = _ONNX_TYPES[tensors[0].data_type()]
+        key = (op, len(tensors), elem)
+        if key not in self._graphs:
+            model = _GRAPH_BUILDERS[op](len(tensors), elem)
+            self._graphs[key] = ort.InferenceSession(
+                model.SerializeToString(), providers=[self._provider]
+            )
+        session = self._graphs[key]
+        feed: dict[str, Any] = {f"x{i}": t for i, t in enumerate(tensors)} | extra
+        names = [o.name for o in session.get_outputs()]
+        return list(_run_bound(session, feed, names, set(names), self._device))
+
+
+def _model(
+    nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], n_out: int, elem: int
+) -> onnx.ModelProto:
+    outputs = [helper.make_tensor_value_info(f"y{i}", elem, None) for i in range(n_out)]
+    graph = helper.make_graph(nodes, "kv_op", inputs, outputs)
+    # IR 10 (ONNX 1.16): readable by every onnxruntime this service supports
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def _kv_inputs(n: int, elem: int) -> list[onnx.ValueInfoProto]:
+    return [helper.make_tensor_value_info(f"x{i}", elem, [None] * 4) for i in range(n)]
+
+
+def _int64_input(name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.INT64, [None])
+
+
+def _take_graph(n: int, elem: int) -> onnx.ModelProto:
+    nodes = [helper.make_node("Gather", [f"x{i}", "rows"], [f"y{i}"], axis=0) for i in range(n)]
+    return _model(nodes, [*_kv_inputs(n, elem), _int64_input("rows")], n, elem)
+
+
+def _concat_graph(n: int, elem: int) -> onnx.ModelProto:
+    half = n // 2
+    nodes = [
+        helper.make_node("Concat", [f"x{i}", f"x{i + half}"], [f"y{i}"], axis=0)
+        for i in range(half)
+    ]
+    return _model(nodes, _kv_inputs(n, elem), half, elem)
+
+
+def _pad_graph(n: int, elem: int) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Pad", [f"x{i}", "pads"], [f"y{i}"], mode="constant") for i in range(n)
+    ]
+    return _model(nodes, [*_kv_inputs(n, elem), _int64_input("pads")], n, elem)
+
+
+def _slice_graph(n: int, elem: int) -> onnx.ModelProto:
+    axes = helper.make_node(
+        "Constant", [], ["axes"], value=helper.make_tensor("a", TensorProto.INT64, [1], [2])
+    )
+    nodes = [axes] + [
+        helper.make_node("Slice", [f"x{i}", "starts", "ends", "axes"], [f"y{i}"]) for i in range(n)
+    ]
+    return _model(
+        nodes, [*_kv_inputs(n, elem), _int64_input("starts"), _int64_input("ends")], n, elem
+    )
+
+
+_GRAPH_BUILDERS: dict[str, Callable[[int, int], onnx.ModelProto]] = {
+    "take": _take_graph,
+    "concat": _concat_graph,
+    "pad": _pad_graph,
+    "slice": _slice_graph,
+}

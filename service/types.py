@@ -1,0 +1,80 @@
+"""Domain types crossing layers: servicer -> scheduler -> runner and back. No grpc, no ORT.
+
+A request is split into segments; the scheduler queues and admits segments, the runner decodes
+them as rows of one batch (one row per segment under greedy search, beam_size rows under beam
+search) and reports, after every decoder step, what each segment committed and which finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """Validated decoding options, shared by the segments of a request."""
+
+    beam_size: int  # 1 = greedy; the segment occupies this many rows once its beam is open
+    max_new_tokens: int  # the most generated tokens, end-of-sentence included (0: not resolved)
+    length_penalty: float  # beam score = sum log-prob / len ** length_penalty
+    n_best: int  # hypotheses returned, 1 <= n_best <= beam_size
+
+
+Segment = tuple[tuple[int, ...], DecodingOptions]  # source ids (S,) and that segment's options
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """One segment to decode, as the scheduler hands it to the runner."""
+
+    seq_id: int  # unique while the service runs; assigned by the scheduler
+    src_ids: tuple[int, ...]  # (S,) `<2xx> pieces </s>`
+    options: DecodingOptions
+
+    @property
+    def rows(self) -> int:
+        """Rows reserved in the decoder batch."""
+        return self.options.beam_size
+
+    @property
+    def token_budget(self) -> int:
+        """Tokens reserved: every row may hold the source and the longest output."""
+        return self.rows * (len(self.src_ids) + self.options.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One finished hypothesis."""
+
+    ids: tuple[int, ...]  # generated ids without `<s>`, ending with `</s>` unless cut by the limit
+    score: float  # sum log-prob / len ** length_penalty (greedy: length_penalty 1)
+
+
+@dataclass(frozen=True)
+class SegmentUpdate:
+    """What one segment did in one step."""
+
+    seq_id: int
+    committed: tuple[int, ...]  # the ids every live hypothesis agrees on so far (whole prefix)
+    hypotheses: tuple[Hypothesis, ...] | None = None  # set once finished: n_best, best first
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What changes before the next decoder step."""
+
+    admit: tuple[SegmentJob, ...] = ()  # encoded together, then join the batch
+    drop: frozenset[int] = frozenset()  # seq_ids whose rows leave now (cancelled)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one engine step did."""
+
+    updates: tuple[SegmentUpdate, ...]  # one per segment that committed tokens or finished
+    rows: int  # rows in the decoder step (0: no step ran)
+    step_seconds: float  # decoder step wall time
+    encoder_seconds: float | None = None  # encoder wall time when segments were admitted
+    decoder_padding: float = 1.0  # real / total self-attention slots of the step, in (0, 1]
+    encoder_padding: float | None = None  # real / total source tokens of the encoder batch
+    failed: tuple[int, ...] = field(default=())  # seq_ids lost to a runtime failure

@@ -1,0 +1,73 @@
+"""Service test fixtures: schedulers over a fake runner; the bundle for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from service_fakes import FakeRunner
+from service_harness import ServerThread
+
+from service.bundle import load_bundle
+from service.metrics import Metrics
+from service.scheduler import BatchScheduler, SchedulerLimits
+
+
+@pytest_asyncio.fixture
+async def make_scheduler():
+    """A started, open scheduler over a runner, with the given limits; closed after the test."""
+    made: list[BatchScheduler] = []
+
+    def make(
+        runner: FakeRunner,
+        max_active_rows: int = 8,
+        max_tokens_in_flight: int = 10_000,
+        max_queued: int = 16,
+        queue_timeout_s: float = 30.0,
+        admit_every_steps: int = 1,
+    ) -> BatchScheduler:
+        limits = SchedulerLimits(
+            max_active_rows, max_tokens_in_flight, max_queued, queue_timeout_s, admit_every_steps
+        )
+        scheduler = BatchScheduler(runner, limits, Metrics())
+        scheduler.start()
+        scheduler.open()
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        await scheduler.close()
+
+
+@pytest.fixture(scope="session")
+def service_bundle(request: pytest.FixtureRequest) -> Path:
+    """The tiny test bundle: the `tiny_bundle` fixture of tests/conftest.py, or a bundle directory
+    named by TRANSLATOR_TEST_BUNDLE."""
+    if os.environ.get("TRANSLATOR_TEST_BUNDLE"):
+        return Path(os.environ["TRANSLATOR_TEST_BUNDLE"])
+    try:
+        bundle = request.getfixturevalue("tiny_bundle")
+    except pytest.FixtureLookupError:
+        pytest.skip("no tiny_bundle fixture and no TRANSLATOR_TEST_BUNDLE")
+    return Path(getattr(bundle, "path", bundle))
+
+
+@pytest.fixture(scope="module")
+def server(service_bundle: Path) -> Iterator[ServerThread]:
+    """A server with the default limits, for the module."""
+    running = ServerThread(service_bundle).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(service_bundle: Path) -> Any:
+    """The bundle's reference decoder (ORT only)."""
+    from export.reference_decoder import ReferenceDecoder
+
+    return ReferenceDecoder(load_bundle(service_bundle), threads=1)

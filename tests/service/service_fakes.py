@@ -1,0 +1,95 @@
+"""Test doubles for the service: a fake runner for scheduler tests.
+
+`FakeRunner` follows the `scheduler.StepRunner` contract without a model: a segment "translates"
+to `len(src_ids)` tokens (ids 10, 11, ...) then `</s>` (3), cut at max_new_tokens; every step can
+sleep to simulate compute, and the runner records what each step admitted, dropped and ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from service.types import (
+    DecodingOptions,
+    Hypothesis,
+    SegmentJob,
+    SegmentUpdate,
+    StepPlan,
+    StepResult,
+)
+
+EOS = 3
+
+
+def fake_output(src_ids: tuple[int, ...], max_new_tokens: int, length: int = 0) -> tuple[int, ...]:
+    """What FakeRunner produces for a source: `length` (default: len(src_ids)) tokens, `</s>`."""
+    return (*range(10, 10 + (length or len(src_ids))), EOS)[:max_new_tokens]
+
+
+@dataclass
+class FakeRunner:
+    """A `StepRunner` without a model."""
+
+    step_seconds: float = 0.0
+    fail_at_step: int | None = None
+    long_sources: int = 0  # when set: sources of more tokens get 100-token outputs, others 1
+    steps: list[StepPlan] = field(default_factory=list)  # every plan it received
+    rows_per_step: list[int] = field(default_factory=list)
+    admitted: list[int] = field(default_factory=list)  # seq_ids, in admission order
+    live: dict[int, tuple[SegmentJob, list[int]]] = field(default_factory=dict)
+
+    def step(self, plan: StepPlan) -> StepResult:
+        self.steps.append(plan)
+        if self.fail_at_step is not None and len(self.steps) == self.fail_at_step:
+            raise RuntimeError("injected failure")
+        for seq_id in plan.drop:
+            self.live.pop(seq_id, None)
+        for job in plan.admit:
+            self.admitted.append(job.seq_id)
+            self.live[job.seq_id] = (job, [])
+        rows = sum(job.rows for job, _ in self.live.values())
+        self.rows_per_step.append(rows)
+        if self.step_seconds:
+            time.sleep(self.step_seconds)
+        return StepResult(tuple(self._advance()), rows, self.step_seconds)
+
+    def _advance(self) -> list[SegmentUpdate]:
+        updates = []
+        for seq_id, (job, out) in list(self.live.items()):
+            target = fake_output(job.src_ids, job.options.max_new_tokens, self._length(job))
+            out.append(target[len(out)])
+            if len(out) == len(target):
+                del self.live[seq_id]
+                hyps = tuple(Hypothesis(tuple(out), -1.0) for _ in range(job.options.n_best))
+                updates.append(SegmentUpdate(seq_id, tuple(out), hyps))
+            else:
+                updates.append(SegmentUpdate(seq_id, tuple(out)))
+        return updates
+
+    def _length(self, job: SegmentJob) -> int:
+        if not self.long_sources:
+            return 0
+        return 100 if len(job.src_ids) > self.long_sources else 1
+
+    def reset(self) -> None:
+        self.live.clear()
+
+
+GREEDY = DecodingOptions(beam_size=1, max_new_tokens=64, length_penalty=1.0, n_best=1)
+
+
+def source(length: int) -> tuple[int, ...]:
+    """A fake source whose fake translation has `length` tokens before `</s>`."""
+    return tuple(range(100, 100 + length))
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll `predicate` every millisecond; fail after `timeout_s`."""
+    for _ in range(int(timeout_s * 1000)):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached in time")

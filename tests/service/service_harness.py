@@ -1,0 +1,118 @@
+"""A real TranslationServer on 127.0.0.1:0, run in a background thread with its own event loop,
+plus helpers to call it and to read its metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from service.pb.translator.v1 import translator_pb2 as pb
+from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
+from service.server import TranslationServer
+from service.settings import ServiceSettings
+
+
+class ServerThread:
+    """Start with `start()`, stop with `stop()`; `address`, `metrics_url`, `server` once started."""
+
+    def __init__(self, bundle: Path, **overrides: Any) -> None:
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "metrics_port": 0,
+            "bundle_path": bundle,
+            "threads": 1,
+            "device": "cpu",
+            "grace_period_s": 5.0,
+        }
+        self.settings = ServiceSettings(**(values | overrides))
+        self.server = TranslationServer(self.settings)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=120)
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return str(response.read().decode())
+
+    @contextmanager
+    def patched_step(self, wrap: Callable[[Callable[[Any], Any], Any], Any]) -> Iterator[None]:
+        """Replace the runner's step by `wrap(real_step, plan)` inside the block."""
+        runner = self.server._scheduler._runner  # type: ignore[union-attr]
+        real_step = runner.step
+        runner.step = lambda plan: wrap(real_step, plan)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            runner.step = real_step  # type: ignore[method-assign]
+
+    @contextmanager
+    def replaced_runner(self, runner: Any) -> Iterator[None]:
+        """Decode with `runner` (e.g. a FakeRunner whose output lengths are known) inside the
+        block; the gRPC server, validation and scheduler stay real. Use it while idle."""
+        scheduler = self.server._scheduler
+        assert scheduler is not None and scheduler.idle
+        real = scheduler._runner
+        scheduler._runner = runner
+        try:
+            yield
+        finally:
+            for _ in range(3000):  # the fake's rows must leave before the real runner is back
+                if scheduler.idle:
+                    break
+                time.sleep(0.01)
+            scheduler._runner = real
+
+    def slowed(self, seconds: float) -> Any:
+        """A slow model inside the block: every step takes `seconds` more."""
+
+        def slow(step: Callable[[Any], Any], plan: Any) -> Any:
+            time.sleep(seconds)
+            return step(plan)
+
+        return self.patched_step(slow)
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """The value of one sample in the current scrape (0 when absent)."""
+        registry = self.server.metrics.registry
+        return float(registry.get_sample_value(name, labels or {}) or 0.0)
+
+
+def translate_request(
+    segments: Sequence[str | bytes], to: str, **options: Any
+) -> pb.TranslateRequest:
+    return pb.TranslateRequest(
+        segments=[s.encode() if isinstance(s, str) else s for s in segments],
+        target_language=to,
+        options=pb.DecodingOptions(**options),
+    )
+
+
+def stub(address: str) -> tuple[grpc.Channel, pb_grpc.TranslatorStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, pb_grpc.TranslatorStub(channel)

@@ -1,0 +1,114 @@
+"""`python -m service` as a process: no torch, startup failures, SIGTERM with requests in flight."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_harness import stub, translate_request
+
+ROOT = Path(__file__).resolve().parents[2]
+LISTENING = re.compile(r"serving .* on [\d.]+:(\d+) \(metrics :(\d+)")
+
+
+def test_service_never_imports_torch():
+    code = (
+        "import sys; import service.__main__, service.servicer, service.server, service.client;"
+        " import service.runner, service.sessions, service.scheduler;"
+        " bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'model', 'export'));"
+        " print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _start(bundle: Path, **env: str) -> subprocess.Popen[str]:
+    variables = (
+        os.environ
+        | {
+            "TRANSLATOR_HOST": "127.0.0.1",
+            "TRANSLATOR_PORT": "0",
+            "TRANSLATOR_METRICS_PORT": "0",
+            "TRANSLATOR_BUNDLE_PATH": str(bundle),
+            "TRANSLATOR_DEVICE": "cpu",
+            "TRANSLATOR_THREADS": "1",
+        }
+        | env
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env=variables,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _port(process: subprocess.Popen[str], log: list[str]) -> int:
+    assert process.stderr is not None
+    for line in process.stderr:
+        log.append(line)
+        if match := LISTENING.search(line):
+            return int(match.group(1))
+    raise AssertionError("the server never reported its port:\n" + "".join(log))
+
+
+def test_bad_bundle_exits_1_with_one_clear_line(tmp_path: Path):
+    process = _start(tmp_path / "missing")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "startup failed" in err and "missing" in err
+    assert "Traceback" not in err
+
+
+def test_cuda_requested_without_cuda_exits_1(service_bundle: Path):
+    process = _start(service_bundle, TRANSLATOR_DEVICE="cuda")
+    _, err = process.communicate(timeout=60)
+    if process.returncode == 0:  # a machine with a GPU: nothing to check here
+        return
+    assert process.returncode == 1
+    assert "cuda" in err.lower()
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(service_bundle: Path):
+    process = _start(service_bundle, TRANSLATOR_GRACE_PERIOD_S="20", TRANSLATOR_MAX_ACTIVE_ROWS="4")
+    log: list[str] = []
+    try:
+        port = _port(process, log)
+        reader = threading.Thread(target=lambda: log.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        channel, translator = stub(f"127.0.0.1:{port}")
+        with channel:
+            request = translate_request(["The weather is nice today."] * 8, "de", beam_size=4)
+            calls = [translator.Translate.future(request, timeout=60) for _ in range(16)]
+            time.sleep(0.05)
+            in_flight = sum(not call.done() for call in calls)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            health = health_pb2_grpc.HealthStub(channel)
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            except grpc.RpcError as error:  # already refusing new RPCs
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+            try:
+                translator.Translate(translate_request(["new"], "de"), timeout=5)
+                raise AssertionError("a request after SIGTERM was served")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+            results = [call.result(timeout=60) for call in calls]
+        assert all(len(r.translations) == 8 for r in results)
+        assert in_flight > 0
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "draining" in "".join(log)

@@ -1,0 +1,159 @@
+"""The scheduler with a fake runner: continuous batching, limits, deadlines, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+
+import pytest
+from service_fakes import GREEDY, FakeRunner, fake_output, source, until
+
+from service.errors import DrainingError, EngineError, QueueFullError, QueueTimeoutError
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_translates_every_segment_in_order(make_scheduler):
+    runner = FakeRunner()
+    scheduler = make_scheduler(runner)
+    results = await scheduler.translate(
+        [(source(3), GREEDY), (source(1), GREEDY), (source(5), GREEDY)], None
+    )
+    assert [r[0].ids for r in results] == [fake_output(source(n), 64) for n in (3, 1, 5)]
+    assert runner.rows_per_step[0] == 3  # admitted together, decoded as one batch
+
+
+async def test_short_request_joins_running_batch_and_finishes_first(make_scheduler):
+    runner = FakeRunner(step_seconds=0.005)
+    scheduler = make_scheduler(runner)
+    finished: list[str] = []
+
+    async def run(name: str, length: int) -> None:
+        await scheduler.translate([(source(length), GREEDY)], None)
+        finished.append(name)
+
+    long_task = asyncio.create_task(run("long", 40))
+    await until(lambda: len(runner.steps) >= 5)  # the long one is decoding
+    await run("short", 2)
+    await long_task
+    assert finished == ["short", "long"]
+    joined = next(i for i, plan in enumerate(runner.steps) if i > 0 and plan.admit)
+    assert runner.rows_per_step[joined - 1] == 1  # the long row alone
+    assert runner.rows_per_step[joined] == 2  # the short row joined mid-batch
+    assert runner.rows_per_step[joined + 3] == 1  # ...and left while the long one goes on
+    assert len(runner.steps) >= 40
+
+
+async def test_full_queue_is_refused_at_once(make_scheduler):
+    runner = FakeRunner(step_seconds=0.01)
+    scheduler = make_scheduler(runner, max_active_rows=1, max_queued=2)
+    first = asyncio.create_task(scheduler.translate([(source(30), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    queued = [
+        asyncio.create_task(scheduler.translate([(source(1), GREEDY)], None)) for _ in range(2)
+    ]
+    await asyncio.sleep(0)
+    start = time.perf_counter()
+    with pytest.raises(QueueFullError, match="limit 2"):
+        await scheduler.translate([(source(1), GREEDY)], None)
+    assert time.perf_counter() - start < 0.05
+    assert all(len(r) == 1 for r in await asyncio.gather(first, *queued))
+
+
+async def test_deadline_passing_in_queue_fails_and_never_runs(make_scheduler):
+    runner = FakeRunner(step_seconds=0.01)
+    scheduler = make_scheduler(runner, max_active_rows=1)
+    long_task = asyncio.create_task(scheduler.translate([(source(30), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    start = time.perf_counter()
+    with pytest.raises(QueueTimeoutError, match="not run"):
+        await scheduler.translate([(source(1), GREEDY)], 0.05)
+    assert 0.04 < time.perf_counter() - start < 0.2
+    await long_task
+    assert len(runner.admitted) == 1  # only the long one ever reached the runner
+
+
+async def test_cancelled_row_leaves_at_next_step_and_frees_its_slot(make_scheduler):
+    runner = FakeRunner(step_seconds=0.005)
+    scheduler = make_scheduler(runner, max_active_rows=1)
+    doomed = asyncio.create_task(scheduler.translate([(source(50), GREEDY)], None))
+    await until(lambda: len(runner.steps) >= 3)
+    waiting = asyncio.create_task(scheduler.translate([(source(2), GREEDY)], None))
+    await asyncio.sleep(0.02)
+    assert not waiting.done()  # no free row
+    doomed.cancel()
+    steps_at_cancel = len(runner.steps)
+    await waiting
+    drop_step = next(i for i, plan in enumerate(runner.steps) if plan.drop)
+    assert drop_step <= steps_at_cancel + 1  # dropped within one step
+    assert runner.steps[drop_step].admit  # the freed row went to the waiting request at once
+    doomed_id = runner.admitted[0]
+    assert doomed_id in runner.steps[drop_step].drop
+
+
+async def test_cancelled_while_queued_never_runs(make_scheduler):
+    runner = FakeRunner(step_seconds=0.005)
+    scheduler = make_scheduler(runner, max_active_rows=1)
+    long_task = asyncio.create_task(scheduler.translate([(source(20), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    queued = asyncio.create_task(scheduler.translate([(source(2), GREEDY)], None))
+    await asyncio.sleep(0.01)
+    queued.cancel()
+    await long_task
+    assert len(runner.admitted) == 1
+
+
+async def test_limits_on_rows_and_tokens_are_respected(make_scheduler):
+    runner = FakeRunner()
+    beam = dataclasses.replace(GREEDY, beam_size=3, max_new_tokens=10)
+    scheduler = make_scheduler(runner, max_active_rows=4, max_tokens_in_flight=60)
+    await asyncio.gather(*(scheduler.translate([(source(4), beam)], None) for _ in range(5)))
+    assert max(runner.rows_per_step) <= 4  # one 3-row beam at a time
+    greedy = dataclasses.replace(GREEDY, max_new_tokens=16)  # 20 tokens each: 3 fit in 60
+    await asyncio.gather(*(scheduler.translate([(source(4), greedy)], None) for _ in range(6)))
+    assert max(runner.rows_per_step[-6:]) <= 3
+
+
+async def test_runner_failure_fails_the_batch_and_the_engine_goes_on(make_scheduler):
+    runner = FakeRunner(fail_at_step=2)
+    scheduler = make_scheduler(runner)
+    with pytest.raises(EngineError):
+        await scheduler.translate([(source(5), GREEDY)], None)
+    (result,) = await scheduler.translate([(source(2), GREEDY)], None)
+    assert result[0].ids == fake_output(source(2), 64)
+
+
+async def test_draining_refuses_new_requests_and_finishes_the_others(make_scheduler):
+    runner = FakeRunner(step_seconds=0.002)
+    scheduler = make_scheduler(runner, max_active_rows=1)
+    in_flight = [
+        asyncio.create_task(scheduler.translate([(source(5), GREEDY)], None)) for _ in range(3)
+    ]
+    await asyncio.sleep(0.005)
+    scheduler.drain()
+    with pytest.raises(DrainingError):
+        await scheduler.translate([(source(1), GREEDY)], None)
+    assert len(await asyncio.gather(*in_flight)) == 3
+
+
+async def test_stream_yields_growing_prefixes_then_the_final(make_scheduler):
+    scheduler = make_scheduler(FakeRunner())
+    updates = [u async for u in scheduler.stream(source(4), GREEDY, None)]
+    assert [len(u.committed) for u in updates] == [1, 2, 3, 4, 5]
+    assert updates[-1].hypotheses is not None
+    assert all(u.hypotheses is None for u in updates[:-1])
+
+
+async def test_admissions_into_a_running_batch_are_spaced_by_admit_every_steps(make_scheduler):
+    runner = FakeRunner(step_seconds=0.002)
+    scheduler = make_scheduler(runner, admit_every_steps=4)
+    long_task = asyncio.create_task(scheduler.translate([(source(40), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    for _ in range(6):
+        await scheduler.translate([(source(1), GREEDY)], None)
+    await long_task
+    joins = [i for i, plan in enumerate(runner.steps) if plan.admit]
+    assert len(joins) == 7
+    assert all(b - a >= 4 for a, b in itertools.pairwise(joins))
