@@ -92,11 +92,7 @@ def wait_for(what: str, check: Any, timeout: float, process: subprocess.Popen[by
 def e2e_bundle(request: pytest.FixtureRequest) -> Path:
     if os.environ.get("TRANSLATOR_TEST_BUNDLE"):
         return Path(os.environ["TRANSLATOR_TEST_BUNDLE"])
-    try:
-        bundle = request.getfixturevalue("tiny_bundle")
-    except pytest.FixtureLookupError:
-        pytest.fail("no `tiny_bundle` fixture in tests/conftest.py and no TRANSLATOR_TEST_BUNDLE")
-    return Path(getattr(bundle, "path", bundle))
+    return Path(request.getfixturevalue("tiny_bundle"))
 
 
 @pytest.fixture(scope="module")

@@ -50,11 +50,7 @@ def service_bundle(request: pytest.FixtureRequest) -> Path:
     named by TRANSLATOR_TEST_BUNDLE."""
     if os.environ.get("TRANSLATOR_TEST_BUNDLE"):
         return Path(os.environ["TRANSLATOR_TEST_BUNDLE"])
-    try:
-        bundle = request.getfixturevalue("tiny_bundle")
-    except pytest.FixtureLookupError:
-        pytest.skip("no tiny_bundle fixture and no TRANSLATOR_TEST_BUNDLE")
-    return Path(getattr(bundle, "path", bundle))
+    return Path(request.getfixturevalue("tiny_bundle"))
 
 
 @pytest.fixture(scope="module")
