@@ -90,7 +90,9 @@ def run_train(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def small_tsv(tmp_path: Path, tiny_corpus) -> Path:
     path = tmp_path / "corpus.tsv"
-    path.write_text("".join(f"{p.lang}\t{p.source}\t{p.target}\n" for p in tiny_corpus.train[:600]))
+    # Pairs from every split: the CLI re-splits by source, so all three splits are non-empty.
+    pairs = tiny_corpus.train[:500] + tiny_corpus.valid[:50] + tiny_corpus.test[:50]
+    path.write_text("".join(f"{p.lang}\t{p.source}\t{p.target}\n" for p in pairs))
     return path
 
 
