@@ -159,32 +159,18 @@ def _decode_forced(
     return logits_per_row
 
 
-def batch_vs_alone_diff(
-    reference: ReferenceDecoder, sources: list[list[int]], steps: int = 6
+def joined_vs_alone_diff(
+    reference: ReferenceDecoder, sources: list[list[int]], starts: list[int], steps: int = 6
 ) -> float:
-    """Each row of a padded batch against the same row decoded alone, at every step."""
+    """Rows decoded together, row r joining at step starts[r] (its cache left-padded and
+    masked), against the same rows decoded alone: the worst logit difference at any step."""
     row_ids = list(range(len(sources)))
-    batched = _decode_forced(reference, sources, [0] * len(sources), steps, row_ids)
+    together = _decode_forced(reference, sources, starts, steps, row_ids)
     worst = 0.0
     for row, source in enumerate(sources):
         (alone,) = _decode_forced(reference, [source], [0], steps, [row])
-        worst = max(
-            worst, *(float(np.abs(b - a).max()) for b, a in zip(batched[row], alone, strict=True))
-        )
-    return worst
-
-
-def late_join_diff(reference: ReferenceDecoder, sources: list[list[int]], steps: int = 6) -> float:
-    """Rows joining a running batch mid-way (masked, left-padded cache slots) against alone."""
-    starts = [2 * row for row in range(len(sources))]
-    row_ids = list(range(len(sources)))
-    joined = _decode_forced(reference, sources, starts, steps, row_ids)
-    worst = 0.0
-    for row, source in enumerate(sources):
-        (alone,) = _decode_forced(reference, [source], [0], steps, [row])
-        worst = max(
-            worst, *(float(np.abs(j - a).max()) for j, a in zip(joined[row], alone, strict=True))
-        )
+        diffs = (float(np.abs(t - a).max()) for t, a in zip(together[row], alone, strict=True))
+        worst = max(worst, *diffs)
     return worst
 
 
@@ -203,8 +189,12 @@ def check_parity(
         "encoder_max_abs_diff": encoder_diff(model, reference),
         "decoder_max_abs_diff": decoder_diff(model, reference),
         "greedy_token_agreement": greedy_agreement(model, reference, sources, max_new_tokens=24),
-        "batch_vs_alone_max_abs_diff": batch_vs_alone_diff(reference, sources[:6]),
-        "late_join_max_abs_diff": late_join_diff(reference, sources[:4]),
+        "batch_vs_alone_max_abs_diff": joined_vs_alone_diff(
+            reference, sources[:6], [0] * len(sources[:6])
+        ),
+        "late_join_max_abs_diff": joined_vs_alone_diff(
+            reference, sources[:4], [2 * row for row in range(len(sources[:4]))]
+        ),
     }
     if gate:
         failures = [

@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle, decoder_output_names, encoder_output_names
+from service.runner import pad_right
 
 KVList = list[np.ndarray]  # flat: layer 0 key, layer 0 value, layer 1 key, ...
 
@@ -33,17 +34,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float32)
     shifted = x - x.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def pad_right(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad rows into ids (B, L) and a 0/1 mask (B, L), both int64."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-    return ids, mask
 
 
 @dataclass

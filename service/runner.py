@@ -18,6 +18,7 @@ are never recomputed. Runs in the engine's worker thread; no asyncio here.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,7 +66,7 @@ class _Batch:
     cross: KVList  # 2L x (B, H, S, Dh)
 
 
-def _pad_right(rows: list[tuple[int, ...]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad rows into ids (B, S) and a 0/1 mask (B, S), both int64."""
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
@@ -172,13 +173,13 @@ class Seq2SeqRunner:
         cross: KVList = []
         seconds = real = padded = 0.0
         for start, stop in _length_groups([len(job.src_ids) for job in jobs]):
-            ids, mask = _pad_right([job.src_ids for job in jobs[start:stop]], self._pad_id)
+            ids, mask = pad_right([job.src_ids for job in jobs[start:stop]], self._pad_id)
             began = time.perf_counter()
             part = self._sessions.encode(ids, mask)  # 2L x (N', H, S', Dh)
             seconds += time.perf_counter() - began
             real, padded = real + float(mask.sum()), padded + mask.size
             cross = self._kv.join(cross, part, src_len) if cross else part
-        _, src_mask = _pad_right([job.src_ids for job in jobs], self._pad_id)
+        _, src_mask = pad_right([job.src_ids for job in jobs], self._pad_id)
         n = len(jobs)
         new = _Batch(
             seq_of_row=np.array([job.seq_id for job in jobs], dtype=np.int64),
