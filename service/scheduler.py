@@ -1,16 +1,19 @@
 """The scheduler: a bounded queue of segments and one engine loop doing continuous batching.
 
 Request path: `translate()` / `stream()` put one ticket per segment in the queue (or fail at once
-with QueueFullError / DrainingError) and wait for its updates. The engine loop repeats
+with QueueFullError / DrainingError) and await its updates. The engine loop runs in its own
+thread, step after step, without a round trip through the event loop:
 
-    plan = self._plan()                                   # drop cancelled, expire, admit
-    result = await run_in_executor(runner.step, plan)     # encode admitted, one decoder step
-    self._complete(result)                                # deliver tokens, retire finished
+    plan = self._plan()              # drop cancelled, expire overdue, admit what fits
+    result = self._runner.step(plan) # encode admitted ones together, one decoder step
+    self._complete(result)           # record tokens, retire finished rows
 
-so between two decoder steps finished rows leave and newly admitted segments join, their encoder
-run batched together. ONNX Runtime runs in one worker thread; the event loop stays free for I/O.
-A segment whose deadline passes in the queue fails with QueueTimeoutError and never runs; a
-cancelled one leaves the queue, or the batch at the next step. No onnxruntime import here.
+so between two decoder steps finished rows leave and newly admitted segments join. Each step's
+updates reach the waiting requests in one `call_soon_threadsafe` callback; the event loop only
+does gRPC I/O and delivery. Queue and batch state are shared by both threads under one lock,
+held for bookkeeping only, never across a step. A segment whose deadline passes in the queue fails
+with QueueTimeoutError and never runs; a cancelled one leaves the queue, or the batch at the next
+step. No onnxruntime import here.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import collections
 import contextlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,12 +43,14 @@ from service.types import (
 
 log = logging.getLogger(__name__)
 
+Delivery = tuple["_Ticket", SegmentUpdate | BaseException]  # made by the engine, put by the loop
+
 
 class StepRunner(Protocol):
     """What the engine loop drives: `runner.Seq2SeqRunner`, or a fake in tests."""
 
     def step(self, plan: StepPlan) -> StepResult:
-        """Apply the plan and run one decoder step; called from the worker thread."""
+        """Apply the plan and run one decoder step; called from the engine thread."""
         ...
 
     def reset(self) -> None:
@@ -79,10 +84,10 @@ class _Ticket:
 
 
 class BatchScheduler:
-    """Queue, admission and the engine loop.
+    """Queue, admission and the engine loop (in the "engine" thread).
 
     Args:
-        runner: runs the steps, in the worker thread.
+        runner: runs the steps, in the engine thread.
         limits: queue and batch limits.
         metrics: where queue, batch and token figures go.
     """
@@ -91,40 +96,49 @@ class BatchScheduler:
         self._runner = runner
         self._limits = limits
         self._metrics = metrics
+        self._lock = threading.Lock()  # guards everything below; never held across a step
+        self._work = threading.Condition(self._lock)  # notified on submit, cancel and close
         self._queue: collections.deque[_Ticket] = collections.deque()
         self._active: dict[int, _Ticket] = {}  # seq_id -> ticket, admitted and not finished
         self._dropped: set[int] = set()  # active seq_ids cancelled since the last step
         self._rows = 0  # rows reserved by active segments
         self._tokens = 0  # token budget reserved by active segments
         self._steps_since_admission = 0
+        self._outbox: list[Delivery] = []  # updates made by the engine, not yet handed over
         self._ids = itertools.count()
-        self._wake = asyncio.Event()
         self._accepting = False
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ended: asyncio.Event | None = None
 
     # -- lifecycle: start() at startup, open() once warm, drain() on SIGTERM, close() last --
 
     def start(self) -> None:
-        """Start the engine loop; called once, inside the running event loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="engine")
+        """Start the engine thread; called once, inside the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._ended = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread.start()
 
     def open(self) -> None:
         """Accept requests (after warm-up)."""
-        self._accepting = True
+        with self._lock:
+            self._accepting = True
 
     def drain(self) -> None:
         """Refuse new requests with DrainingError; queued and active ones still finish."""
-        self._accepting = False
+        with self._lock:
+            self._accepting = False
 
     @property
     def idle(self) -> bool:
-        return not self._queue and not self._active
+        with self._lock:
+            return not self._queue and not self._active
 
     @property
     def alive(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def closing(self) -> bool:
@@ -132,19 +146,18 @@ class BatchScheduler:
 
     async def stopped(self) -> None:
         """Returns when the engine loop has ended, normally or not."""
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._task)
+        if self._ended is not None:
+            await self._ended.wait()
 
     async def close(self) -> None:
         """Stop the loop once idle (pending segments have been cancelled by then)."""
-        self._accepting = False
-        self._closing = True
-        self._wake.set()
+        with self._work:
+            self._accepting = False
+            self._closing = True
+            self._work.notify()
         await self.stopped()
-        self._executor.shutdown(wait=True)
 
-    # -- the request side --
+    # -- the request side, on the event loop --
 
     async def translate(
         self, segments: Sequence[Segment], time_left: float | None
@@ -184,25 +197,27 @@ class BatchScheduler:
     def _submit(
         self, segments: Sequence[Segment], time_left: float | None, streaming: bool
     ) -> list[_Ticket]:
-        if not self._accepting or not self.alive:
-            raise DrainingError("the service is not accepting requests (starting or draining)")
-        if len(self._queue) + len(segments) > self._limits.max_queued:
-            raise QueueFullError(
-                f"queue full: {len(self._queue)} segments waiting, limit {self._limits.max_queued}"
-            )
         wait = (
             self._limits.queue_timeout_s
             if time_left is None
             else min(time_left, self._limits.queue_timeout_s)
         )
         deadline = time.monotonic() + wait
-        tickets = [
-            _Ticket(SegmentJob(next(self._ids), tuple(src), options), deadline, streaming)
-            for src, options in segments
-        ]
-        self._queue.extend(tickets)
-        self._metrics.queue_depth.set(len(self._queue))
-        self._wake.set()
+        with self._work:
+            if not self._accepting or not self.alive:
+                raise DrainingError("the service is not accepting requests (starting or draining)")
+            if len(self._queue) + len(segments) > self._limits.max_queued:
+                raise QueueFullError(
+                    f"queue full: {len(self._queue)} segments waiting, "
+                    f"limit {self._limits.max_queued}"
+                )
+            tickets = [
+                _Ticket(SegmentJob(next(self._ids), tuple(src), options), deadline, streaming)
+                for src, options in segments
+            ]
+            self._queue.extend(tickets)
+            self._metrics.queue_depth.set(len(self._queue))
+            self._work.notify()
         return tickets
 
     async def _next(self, ticket: _Ticket) -> SegmentUpdate:
@@ -219,37 +234,73 @@ class BatchScheduler:
 
     def _cancel(self, ticket: _Ticket) -> None:
         """The waiter is gone: forget a queued ticket, drop an active one at the next step."""
-        if ticket.finished:
-            return
-        ticket.finished = True
-        seq_id = ticket.job.seq_id
-        if seq_id in self._active:
-            self._dropped.add(seq_id)
-            self._wake.set()
-        else:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(ticket)
-            self._metrics.queue_depth.set(len(self._queue))
+        with self._work:
+            if ticket.finished:
+                return
+            ticket.finished = True
+            seq_id = ticket.job.seq_id
+            if seq_id in self._active:
+                self._dropped.add(seq_id)
+                self._work.notify()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(ticket)
+                self._metrics.queue_depth.set(len(self._queue))
 
-    # -- the engine side --
+    def _deliver(self, deliveries: list[Delivery]) -> None:
+        """On the event loop: hand one step's updates to their waiters."""
+        for ticket, item in deliveries:
+            ticket.updates.put_nowait(item)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    # -- the engine side, in the engine thread --
+
+    def _run(self) -> None:
+        try:
+            self._engine()
+        except BaseException:
+            log.exception("the engine loop crashed; failing every pending segment")
+            with self._lock:
+                self._fail_active(EngineError("the engine stopped while decoding this request"))
+                for ticket in self._queue:
+                    ticket.finished = True
+                    self._outbox.append((ticket, EngineError("the engine stopped; not run")))
+                self._queue.clear()
+                self._flush()
+        finally:
+            assert self._loop is not None and self._ended is not None
+            with contextlib.suppress(RuntimeError):  # the event loop is already closed
+                self._loop.call_soon_threadsafe(self._ended.set)
+
+    def _engine(self) -> None:
         while True:
-            plan = self._plan()
-            if not plan.admit and not plan.drop and not self._active:
-                if self._closing and not self._queue:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
+            with self._work:
+                plan = self._plan()
+                while not (plan.admit or plan.drop or self._active):
+                    if self._closing and not self._queue:
+                        return
+                    self._work.wait()
+                    plan = self._plan()
             try:
-                result = await loop.run_in_executor(self._executor, self._runner.step, plan)
+                result = self._runner.step(plan)
             except Exception:
                 log.exception("engine step failed; failing the segments in flight")
-                self._fail_active()
+                self._runner.reset()
+                with self._lock:
+                    self._fail_active(EngineError("the model failed while decoding this request"))
+                    self._flush()
                 continue
-            self._complete(result)
+            with self._lock:
+                self._complete(result)
+                self._flush()
+
+    def _flush(self) -> None:
+        """Hand the outbox to the event loop in one callback (lock held)."""
+        if not self._outbox:
+            return
+        deliveries, self._outbox = self._outbox, []
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(self._deliver, deliveries)
 
     def _plan(self) -> StepPlan:
         """Release cancelled rows, expire overdue queued segments, admit what fits (FIFO)."""
@@ -267,6 +318,7 @@ class BatchScheduler:
                 admit.append(ticket.job)
         if admit:
             self._steps_since_admission = 0
+        self._flush()
         self._metrics.queue_depth.set(len(self._queue))
         self._metrics.active_rows.set(self._rows)
         return StepPlan(tuple(admit), drop)
@@ -297,9 +349,10 @@ class BatchScheduler:
                 continue
             ticket.finished = True
             waited = now - ticket.submitted
-            ticket.updates.put_nowait(
-                QueueTimeoutError(f"deadline exceeded after {waited:.3f} s in the queue; not run")
+            error = QueueTimeoutError(
+                f"deadline exceeded after {waited:.3f} s in the queue; not run"
             )
+            self._outbox.append((ticket, error))
         self._queue = waiting
 
     def _release(self, ticket: _Ticket) -> None:
@@ -307,7 +360,7 @@ class BatchScheduler:
         self._tokens -= ticket.job.token_budget
 
     def _complete(self, result: StepResult) -> None:
-        """Record the step, deliver updates, retire finished segments."""
+        """Record the step, queue updates for delivery, retire finished segments."""
         self._metrics.observe_step(result)
         self._steps_since_admission += 1
         now = time.monotonic()
@@ -323,7 +376,7 @@ class BatchScheduler:
             if update.hypotheses is not None:
                 self._finish(ticket, update, now)
             elif grew and ticket.streaming:
-                ticket.updates.put_nowait(update)
+                self._outbox.append((ticket, update))
         self._metrics.active_rows.set(self._rows)
 
     def _finish(self, ticket: _Ticket, update: SegmentUpdate, now: float) -> None:
@@ -331,18 +384,17 @@ class BatchScheduler:
         del self._active[ticket.job.seq_id]
         self._release(ticket)
         ticket.finished = True
-        ticket.updates.put_nowait(update)
+        self._outbox.append((ticket, update))
         produced = len(update.hypotheses[0].ids)
         self._metrics.output_tokens.inc(produced)
         if ticket.first_token is not None and produced > 1:
             self._metrics.time_per_output_token.observe((now - ticket.first_token) / (produced - 1))
 
-    def _fail_active(self) -> None:
-        """A step raised: every admitted segment fails with EngineError; the runner restarts."""
-        self._runner.reset()
+    def _fail_active(self, error: EngineError) -> None:
+        """Every admitted segment fails with `error` and leaves (the runner was reset)."""
         for ticket in self._active.values():
             ticket.finished = True
-            ticket.updates.put_nowait(EngineError("the model failed while decoding this request"))
+            self._outbox.append((ticket, error))
             self._release(ticket)
         self._active.clear()
         self._dropped.clear()

@@ -39,6 +39,9 @@ def _session_options(threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1  # the graphs are sequential
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; the provider check below reports fallbacks
+    # Idle intra-op workers sleep instead of spinning: a spinning pool burns the cores that the
+    # gRPC front end and the engine's own Python need (measured with bench/service_load.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

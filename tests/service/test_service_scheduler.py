@@ -157,3 +157,36 @@ async def test_admissions_into_a_running_batch_are_spaced_by_admit_every_steps(m
     joins = [i for i, plan in enumerate(runner.steps) if plan.admit]
     assert len(joins) == 7
     assert all(b - a >= 4 for a, b in itertools.pairwise(joins))
+
+
+async def test_engine_steps_on_while_the_event_loop_is_busy(make_scheduler):
+    runner = FakeRunner(step_seconds=0.001)
+    scheduler = make_scheduler(runner)
+    task = asyncio.create_task(scheduler.translate([(source(60), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    before = len(runner.steps)
+    time.sleep(0.03)  # noqa: ASYNC251 (the event loop is blocked on purpose; the engine is not)
+    assert len(runner.steps) - before >= 5
+    (result,) = await task
+    assert result[0].ids == fake_output(source(60), 64)
+
+
+async def test_engine_crash_fails_pending_requests_and_refuses_new_ones(make_scheduler):
+    runner = FakeRunner(step_seconds=0.002, fail_at_step=10)
+
+    def broken_reset() -> None:
+        raise RuntimeError("injected: the runner cannot restart")
+
+    runner.reset = broken_reset
+    scheduler = make_scheduler(runner, max_active_rows=1)
+    active = asyncio.create_task(scheduler.translate([(source(20), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    queued = asyncio.create_task(scheduler.translate([(source(2), GREEDY)], None))
+    with pytest.raises(EngineError, match="while decoding"):
+        await active
+    with pytest.raises(EngineError, match="not run"):
+        await queued
+    await asyncio.wait_for(scheduler.stopped(), 1.0)
+    assert not scheduler.alive
+    with pytest.raises(DrainingError):
+        await scheduler.translate([(source(1), GREEDY)], None)
