@@ -79,6 +79,7 @@ BENCH_CLIENTS ?= 32
 BENCH_SECONDS ?= 20
 bench: proto model
 	$(PY) -m bench.decoder_step --bundle $(BUNDLE) --checkpoint $(CHECKPOINT)
+	$(PY) -m bench.engine_load --bundle $(BUNDLE) --clients $(BENCH_CLIENTS)
 	$(PY) -m bench.service_load --bundle $(BUNDLE) --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS)
 
 sz:

@@ -1,0 +1,145 @@
+"""The engine's own ceiling: scheduler + runner + ONNX Runtime under closed-loop load, no gRPC.
+
+    python -m bench.engine_load --bundle models/default --clients 32 --seconds 10
+
+The same load as bench/service_load.py (N clients, each sending one sentence of the built-in test
+split and waiting for it), but the clients are coroutines that call `BatchScheduler.translate`
+in-process: validation, queue, continuous batching, encoder and decoder runs stay; gRPC, the
+network and the load generator's own RPC work are gone. Run for max active rows 64 and 1, it
+shows how much of the service's batched / unbatched ratio the engine alone allows, and how much
+the front end costs. Writes bench/results/engine_load.json. Timings, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.service_load import bench_sentences
+from service.bundle import load_bundle
+from service.metrics import Metrics
+from service.pb.translator.v1 import translator_pb2 as pb
+from service.runner import Seq2SeqRunner
+from service.scheduler import BatchScheduler, SchedulerLimits
+from service.sessions import OrtSessions
+from service.settings import ServiceSettings
+from service.tokenizer import SourceTokenizer
+from service.types import Segment
+from service.validation import RequestValidator, ServiceLimits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class EngineFigures:
+    """One configuration's results."""
+
+    max_active_rows: int
+    clients: int
+    seconds: float
+    sentences: int
+    sentences_per_s: float
+    tokens_per_s: float
+
+
+def build_load(bundle_path: Path, threads: int) -> tuple[Seq2SeqRunner, list[Segment]]:
+    """A runner on the bundle, and the bench sentences validated as the server validates them."""
+    bundle = load_bundle(bundle_path)
+    manifest = bundle.manifest
+    sessions = OrtSessions(bundle, "cpu", threads)
+    tokenizer = SourceTokenizer(bundle.tokenizer_path, manifest.languages, manifest.special_tokens)
+    defaults = ServiceSettings()
+    limits = ServiceLimits(
+        source_language=manifest.source_language,
+        languages=tuple(sorted(manifest.languages)),
+        max_source_tokens=manifest.max_source_tokens,
+        max_output_tokens=manifest.max_target_tokens,
+        max_segments=1,
+        max_beam_size=1,
+        max_tokens_in_flight=defaults.max_tokens_in_flight,
+    )
+    validator = RequestValidator(tokenizer, limits)
+    options = validator.options(pb.DecodingOptions())
+    segments = [
+        validator.segments([text.encode()], lang, "", options)[0]
+        for text, lang in bench_sentences()
+    ]
+    return Seq2SeqRunner(sessions, manifest.special_tokens), segments
+
+
+async def _load(
+    scheduler: BatchScheduler, segments: list[Segment], clients: int, seconds: float
+) -> tuple[int, int]:
+    """(sentences, output tokens) of `clients` closed-loop clients over `seconds`."""
+    stop_at = time.perf_counter() + seconds
+
+    async def client(i: int) -> tuple[int, int]:
+        done = tokens = 0
+        while time.perf_counter() < stop_at:
+            ((best, *_),) = await scheduler.translate([segments[i % len(segments)]], None)
+            i += 1
+            done, tokens = done + 1, tokens + len(best.ids)
+        return done, tokens
+
+    runs = await asyncio.gather(*(client(17 * i) for i in range(clients)))
+    return sum(r[0] for r in runs), sum(r[1] for r in runs)
+
+
+async def measure(
+    runner: Seq2SeqRunner, segments: list[Segment], rows: int, args: argparse.Namespace
+) -> EngineFigures:
+    defaults = ServiceSettings()
+    limits = SchedulerLimits(
+        rows,
+        defaults.max_tokens_in_flight,
+        defaults.max_queued_requests,
+        defaults.queue_timeout_s,
+        defaults.admit_every_steps,
+    )
+    scheduler = BatchScheduler(runner, limits, Metrics())
+    scheduler.start()
+    scheduler.open()
+    try:
+        await _load(scheduler, segments, args.clients, args.warmup)
+        start = time.perf_counter()
+        sentences, tokens = await _load(scheduler, segments, args.clients, args.seconds)
+        elapsed = time.perf_counter() - start
+    finally:
+        await scheduler.close()
+    return EngineFigures(
+        max_active_rows=rows,
+        clients=args.clients,
+        seconds=round(elapsed, 2),
+        sentences=sentences,
+        sentences_per_s=round(sentences / elapsed, 2),
+        tokens_per_s=round(tokens / elapsed, 1),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    args = parser.parse_args()
+    runner, segments = build_load(args.bundle, args.threads)
+    results = [asyncio.run(measure(runner, segments, rows, args)) for rows in (64, 1)]
+    print(f"{'max active rows':<18}{'clients':>9}{'sent/s':>10}{'tok/s':>10}")
+    for r in results:
+        print(f"{r.max_active_rows:<18}{r.clients:>9}{r.sentences_per_s:>10}{r.tokens_per_s:>10}")
+    ratio = results[0].sentences_per_s / max(results[1].sentences_per_s, 1e-9)
+    print(f"engine alone, batched / unbatched sentences/s: {ratio:.2f}x")
+    out = ROOT / "bench" / "results" / "engine_load.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    print(f"written: {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
