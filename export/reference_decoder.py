@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
 from service.bundle import Bundle, decoder_output_names, encoder_output_names
 from service.runner import pad_right
+from service.sessions import open_session
 
 KVList = list[np.ndarray]  # flat: layer 0 key, layer 0 value, layer 1 key, ...
 
@@ -51,12 +51,9 @@ class ReferenceDecoder:
     """Greedy and beam search on the bundle's two graphs with ONNX Runtime's CPU provider."""
 
     def __init__(self, bundle: Bundle, threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(bundle.encoder_path), options, providers=providers)
-        self.decoder = ort.InferenceSession(str(bundle.decoder_path), options, providers=providers)
+        # the service's own session settings, so both run the very same optimized graphs
+        self.encoder = open_session(str(bundle.encoder_path), "cpu", threads)
+        self.decoder = open_session(str(bundle.decoder_path), "cpu", threads)
         manifest = bundle.manifest
         self.n_layers = manifest.n_layers
         self.kv_shape = (manifest.n_heads, manifest.head_dim)
