@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.service_load import bench_sentences
+from bench.service_load import bench_sentences, write_results
 from service.bundle import load_bundle
 from service.metrics import Metrics
 from service.pb.translator.v1 import translator_pb2 as pb
@@ -135,10 +134,7 @@ def main() -> None:
         print(f"{r.max_active_rows:<18}{r.clients:>9}{r.sentences_per_s:>10}{r.tokens_per_s:>10}")
     ratio = results[0].sentences_per_s / max(results[1].sentences_per_s, 1e-9)
     print(f"engine alone, batched / unbatched sentences/s: {ratio:.2f}x")
-    out = ROOT / "bench" / "results" / "engine_load.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    print(f"written: {out.relative_to(ROOT)}")
+    write_results("engine_load", [asdict(r) for r in results])
 
 
 if __name__ == "__main__":

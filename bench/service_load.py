@@ -211,9 +211,14 @@ def main() -> None:
         env = env | {"TRANSLATOR_THREADS": str(args.threads)}
         results.append(measure(name, env, args))
     _print(results)
-    out = ROOT / "bench" / "results" / "service_load.json"
+    write_results("service_load", [asdict(r) for r in results])
+
+
+def write_results(name: str, rows: list[dict[str, object]]) -> None:
+    """Write bench/results/NAME.json and say where."""
+    out = ROOT / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    out.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"written: {out.relative_to(ROOT)}")
 
 
