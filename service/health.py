@@ -1,6 +1,6 @@
 """grpc.health.v1 statuses: liveness ("") and readiness ("translator.v1.Translator").
 
-    ""                          SERVING while the engine loop runs (liveness)
+    ""                          SERVING while the engine threads run (liveness)
     "translator.v1.Translator"  SERVING once the bundle is loaded and warmed up (readiness)
 
 Both turn NOT_SERVING when the server drains, and stay so.
@@ -32,7 +32,7 @@ class Health:
         await self.servicer.set(READINESS, SERVING)
 
     async def engine_stopped(self) -> None:
-        """The engine loop is gone: the process should be restarted."""
+        """An engine thread is gone: the process should be restarted."""
         await self.servicer.set(LIVENESS, NOT_SERVING)
         await self.servicer.set(READINESS, NOT_SERVING)
 

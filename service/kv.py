@@ -1,11 +1,13 @@
 """Array operations on the KV cache of a batch of rows, behind one small interface.
 
-The runner keeps two lists of 2L tensors (layer 0 key, layer 0 value, layer 1 key, ...):
-the self-attention cache `past` (B, H, P, Dh), left-padded, and the cross-attention K/V
-`cross` (B, H, S, Dh), right-padded. Between decoder steps it removes and reorders rows
-(`take`, trimming unused slots in the same copy) and appends rows (`join`, padding the length
-axis in the same copy). `NumpyKV` does this on host arrays; `sessions.OrtValueKV` does it on the
-device so a CUDA cache never leaves the GPU.
+The runner keeps two caches of 2L tensors (layer 0 key, layer 0 value, layer 1 key, ...): the
+self-attention cache `past` (B, H, P, Dh), left-padded, and the cross-attention K/V `cross`
+(B, H, S, Dh), right-padded. Between decoder steps it removes and reorders rows (`take`, trimming
+unused slots in the same copy) and appends rows (`join`, padding the length axis in the same
+copy). `StackedKV` does this on host arrays, the 2L tensors stacked in one (2L, B, H, L, Dh)
+array so that each operation is one numpy call for the whole cache; `sessions.OrtValueKV` does it
+on a list of 2L device OrtValues, so a CUDA cache never leaves the GPU. Either way `cache[k]` is
+the k-th tensor, which is all the sessions need to feed it to a graph.
 """
 
 from __future__ import annotations
@@ -14,44 +16,44 @@ from typing import Any, Protocol
 
 import numpy as np
 
-KVArray = Any  # np.ndarray on CPU; an onnxruntime OrtValue on CUDA
-KVList = list[KVArray]  # 2L tensors, each (B, H, L, Dh)
+KVCache = Any  # np.ndarray (2L, B, H, L, Dh) on CPU; a list of 2L (B, H, L, Dh) OrtValues on CUDA
 
 
 class KVOps(Protocol):
-    """What the runner needs to do to a list of (B, H, L, Dh) tensors."""
+    """What the runner needs to do to a cache of 2L tensors (B, H, L, Dh)."""
 
-    def zeros(self, like: KVList, rows: int, length: int) -> KVList:
-        """2L zero tensors (rows, H, length, Dh) with the dtype and device of `like`."""
+    def zeros(self, like: KVCache, rows: int, length: int) -> KVCache:
+        """A zero cache of `rows` rows and `length` slots with the dtype and device of `like`."""
         ...
 
-    def take(self, kv: KVList, rows: np.ndarray, start: int, stop: int) -> KVList:
-        """Rows `rows` (N,) int64 of every tensor, in that order (axis 0), and of those only
-        the slots [start, stop) of the length axis (axis 2): one copy."""
+    def take(self, kv: KVCache, rows: np.ndarray, start: int, stop: int) -> KVCache:
+        """Rows `rows` (N,) int64 of every tensor, in that order, and of those only the slots
+        [start, stop) of the length axis: one copy."""
         ...
 
-    def join(self, first: KVList, second: KVList, length: int) -> KVList:
-        """`first` rows then `second` rows (axis 0), each followed by zeros up to `length` slots
-        (axis 2): one copy."""
+    def join(self, first: KVCache, second: KVCache, length: int) -> KVCache:
+        """`first` rows then `second` rows, each followed by zeros up to `length` slots: one
+        copy."""
         ...
 
 
-class NumpyKV:
-    """`KVOps` on numpy arrays (the CPU provider's inputs and outputs)."""
+class StackedKV:
+    """`KVOps` on one host array (2L, B, H, L, Dh): the CPU provider's inputs and outputs.
 
-    def zeros(self, like: KVList, rows: int, length: int) -> KVList:
-        _, heads, _, head_dim = like[0].shape
-        return [np.zeros((rows, heads, length, head_dim), dtype=x.dtype) for x in like]
+    One numpy call per operation rather than one per tensor matters beyond its own cost: every
+    call releases and retakes the GIL, and under load the gRPC thread holds it in between.
+    """
 
-    def take(self, kv: KVList, rows: np.ndarray, start: int, stop: int) -> KVList:
-        return [np.take(x[:, :, start:stop], rows, axis=0) for x in kv]
+    def zeros(self, like: KVCache, rows: int, length: int) -> KVCache:
+        n, _, heads, _, head_dim = like.shape
+        return np.zeros((n, rows, heads, length, head_dim), dtype=like.dtype)
 
-    def join(self, first: KVList, second: KVList, length: int) -> KVList:
-        joined = []
-        for a, b in zip(first, second, strict=True):
-            rows, heads, _, head_dim = a.shape
-            x = np.zeros((rows + len(b), heads, length, head_dim), dtype=a.dtype)
-            x[:rows, :, : a.shape[2]] = a
-            x[rows:, :, : b.shape[2]] = b
-            joined.append(x)
+    def take(self, kv: KVCache, rows: np.ndarray, start: int, stop: int) -> KVCache:
+        return np.take(kv[:, :, :, start:stop], rows, axis=1)
+
+    def join(self, first: KVCache, second: KVCache, length: int) -> KVCache:
+        n, rows, heads, _, head_dim = first.shape
+        joined = np.zeros((n, rows + second.shape[1], heads, length, head_dim), dtype=first.dtype)
+        joined[:, :rows, :, : first.shape[3]] = first
+        joined[:, rows:, :, : second.shape[3]] = second
         return joined

@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from service.types import StepResult
+from service.types import EncodedSegments, StepResult
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -118,12 +118,13 @@ class Metrics:
     def set_build_info(self, version: str, model: str, provider: str) -> None:
         self.build_info.labels(version, model, provider).set(1)
 
+    def observe_encode(self, encoded: EncodedSegments) -> None:
+        """Figures of one encoder run for admitted segments."""
+        self.encoder_seconds.observe(encoded.seconds)
+        self.padding_efficiency.labels("encoder").observe(encoded.padding)
+
     def observe_step(self, result: StepResult) -> None:
-        """Figures of one engine step."""
-        if result.encoder_seconds is not None:
-            self.encoder_seconds.observe(result.encoder_seconds)
-        if result.encoder_padding is not None:
-            self.padding_efficiency.labels("encoder").observe(result.encoder_padding)
+        """Figures of one decoder step."""
         if result.rows:
             self.decoder_step_seconds.observe(result.step_seconds)
             self.batch_rows.observe(result.rows)

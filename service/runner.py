@@ -8,11 +8,12 @@ the left to the longest past, the cross K/V padded on the right to the longest s
     tokens (B,)  positions (B,)  self_mask (B, P)  src_mask (B, S)
     past  2L x (B, H, P, Dh)     cross 2L x (B, H, S, Dh)
 
-A `step(plan)` drops cancelled segments, runs the encoder once on the admitted ones (batched) and
-appends their rows (empty past: all P slots masked), runs one decoder step, lets each segment's
-search pick its next rows, then reorders the batch with one `take`, trims slots no row uses and
-reports what each segment committed. The encoder never runs twice for a segment and past steps
-are never recomputed. Runs in the engine's worker thread; no asyncio here.
+`encode(jobs)` runs the encoder on segments about to join (batched by similar source length) and
+touches no batch state, so it may run in another thread while steps go on. A `step(plan)` appends
+the encoded rows (empty past: all P slots masked), removes cancelled ones, runs one decoder step,
+lets each segment's search pick its next rows, then reorders the batch with one `take`, trims
+slots no row uses and reports what each segment committed. The encoder never runs twice for a
+segment and past steps are never recomputed. No asyncio here.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Protocol
 
 import numpy as np
 
-from service.kv import KVList, KVOps
+from service.kv import KVCache, KVOps
 from service.search import Search, StepScores, make_search
-from service.types import SegmentJob, SegmentUpdate, StepPlan, StepResult
+from service.types import EncodedSegments, SegmentJob, SegmentUpdate, StepPlan, StepResult
 
 
 class ModelSessions(Protocol):
@@ -34,7 +35,7 @@ class ModelSessions(Protocol):
 
     kv: KVOps
 
-    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVList:
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVCache:
         """(B, S) right-padded ids and mask -> cross K/V 2L x (B, H, S, Dh)."""
         ...
 
@@ -45,9 +46,9 @@ class ModelSessions(Protocol):
         *,
         self_mask: np.ndarray,
         src_mask: np.ndarray,
-        past: KVList,
-        cross: KVList,
-    ) -> tuple[np.ndarray, KVList]:
+        past: KVCache,
+        cross: KVCache,
+    ) -> tuple[np.ndarray, KVCache]:
         """One step: (B,) tokens and positions, (B, P+1) and (B, S) masks -> logits (B, V),
         present 2L x (B, H, P+1, Dh)."""
         ...
@@ -62,8 +63,8 @@ class _Batch:
     positions: np.ndarray  # (B,) int64 position of that token
     self_mask: np.ndarray  # (B, P) int64, 0 = left-pad slot
     src_mask: np.ndarray  # (B, S) int64, 0 = right-pad slot
-    past: KVList  # 2L x (B, H, P, Dh)
-    cross: KVList  # 2L x (B, H, S, Dh)
+    past: KVCache  # 2L x (B, H, P, Dh)
+    cross: KVCache  # 2L x (B, H, S, Dh)
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,21 +123,37 @@ class Seq2SeqRunner:
         self._batch = None
         self._searches = {}
 
+    def encode(self, jobs: Sequence[SegmentJob]) -> EncodedSegments:
+        """Run the encoder on `jobs` (groups of similar source length, one run each); their rows
+        join the batch when a later `step` admits the result. Thread-safe: no batch state."""
+        ordered = tuple(sorted(jobs, key=lambda job: len(job.src_ids)))
+        src_len = len(ordered[-1].src_ids)
+        cross: KVCache | None = None
+        seconds = real = padded = 0.0
+        for start, stop in _length_groups([len(job.src_ids) for job in ordered]):
+            ids, mask = pad_right([job.src_ids for job in ordered[start:stop]], self._pad_id)
+            began = time.perf_counter()
+            part = self._sessions.encode(ids, mask)  # 2L x (N', H, S', Dh)
+            seconds += time.perf_counter() - began
+            real, padded = real + float(mask.sum()), padded + mask.size
+            cross = part if cross is None else self._kv.join(cross, part, src_len)
+        _, src_mask = pad_right([job.src_ids for job in ordered], self._pad_id)
+        return EncodedSegments(ordered, cross, src_mask, seconds, real / padded)
+
     def step(self, plan: StepPlan) -> StepResult:
         """Apply `plan`, then run one decoder step for every row.
 
         Args:
-            plan: segments to admit (encoded together) and segments to drop.
+            plan: encoded segments that join, then cancelled segments that leave.
 
         Returns:
             What each segment committed, the finished ones' hypotheses, timings and shapes.
         """
-        self._drop(plan.drop)
-        encoder_seconds = encoder_padding = None
         if plan.admit:
-            encoder_seconds, encoder_padding = self._admit(plan.admit)
+            self._admit(plan.admit)
+        self._drop(plan.drop)
         if self._batch is None:
-            return StepResult((), 0, 0.0, encoder_seconds, 1.0, encoder_padding)
+            return StepResult((), 0, 0.0)
         batch = self._batch
         self_mask = np.concatenate([batch.self_mask, np.ones_like(batch.tokens)[:, None]], axis=1)
         start = time.perf_counter()
@@ -149,13 +166,11 @@ class Seq2SeqRunner:
             cross=batch.cross,
         )  # (B, V), 2L x (B, H, P+1, Dh)
         step_seconds = time.perf_counter() - start
-        padding = float(self_mask.mean())
+        padding = float((batch.positions + 1).sum()) / self_mask.size  # real slots: position + 1
         rows = len(batch.tokens)
         parents, tokens, updates = self._select(logits)
         self._reorder(parents, tokens, self_mask, present)
-        return StepResult(
-            tuple(updates), rows, step_seconds, encoder_seconds, padding, encoder_padding
-        )
+        return StepResult(tuple(updates), rows, step_seconds, padding)
 
     def _drop(self, seq_ids: frozenset[int]) -> None:
         gone = seq_ids & self._searches.keys()
@@ -166,34 +181,31 @@ class Seq2SeqRunner:
         keep = np.flatnonzero(~np.isin(self._batch.seq_of_row, list(gone)))
         self._take(keep, layout_changed=True)
 
-    def _admit(self, jobs: tuple[SegmentJob, ...]) -> tuple[float, float]:
-        """Encode `jobs` and append one row each (`<s>` at position 0)."""
-        jobs = tuple(sorted(jobs, key=lambda job: len(job.src_ids)))
-        src_len = len(jobs[-1].src_ids)
-        cross: KVList = []
-        seconds = real = padded = 0.0
-        for start, stop in _length_groups([len(job.src_ids) for job in jobs]):
-            ids, mask = pad_right([job.src_ids for job in jobs[start:stop]], self._pad_id)
-            began = time.perf_counter()
-            part = self._sessions.encode(ids, mask)  # 2L x (N', H, S', Dh)
-            seconds += time.perf_counter() - began
-            real, padded = real + float(mask.sum()), padded + mask.size
-            cross = self._kv.join(cross, part, src_len) if cross else part
-        _, src_mask = pad_right([job.src_ids for job in jobs], self._pad_id)
+    def _admit(self, admitted: tuple[EncodedSegments, ...]) -> None:
+        """Append the admitted rows: gathered among themselves first (their pasts are empty,
+        so that copies only their cross K/V), then joined to the batch in one copy."""
+        new: _Batch | None = None
+        for encoded in admitted:
+            rows = self._new_rows(encoded)
+            new = rows if new is None else self._join(new, rows)
+        assert new is not None
+        self._batch = new if self._batch is None else self._join(self._batch, new)
+
+    def _new_rows(self, encoded: EncodedSegments) -> _Batch:
+        """One row per encoded segment: `<s>` at position 0, an empty past."""
+        jobs = encoded.jobs
         n = len(jobs)
-        new = _Batch(
+        for job in jobs:
+            self._searches[job.seq_id] = make_search(job.options, self._eos_id)
+        return _Batch(
             seq_of_row=np.array([job.seq_id for job in jobs], dtype=np.int64),
             tokens=np.full(n, self._bos_id, dtype=np.int64),
             positions=np.zeros(n, dtype=np.int64),
             self_mask=np.zeros((n, 0), dtype=np.int64),
-            src_mask=src_mask,
-            past=self._kv.zeros(cross, n, 0),
-            cross=cross,
+            src_mask=encoded.src_mask,
+            past=self._kv.zeros(encoded.cross, n, 0),
+            cross=encoded.cross,
         )
-        for job in jobs:
-            self._searches[job.seq_id] = make_search(job.options, self._eos_id)
-        self._batch = new if self._batch is None else self._join(self._batch, new)
-        return seconds, real / padded
 
     def _join(self, old: _Batch, new: _Batch) -> _Batch:
         """`old` rows then `new` rows; the shorter past is left-padded, the shorter source
@@ -232,7 +244,7 @@ class Seq2SeqRunner:
         return np.array(parents, dtype=np.int64), np.array(tokens, dtype=np.int64), updates
 
     def _reorder(
-        self, parents: np.ndarray, tokens: np.ndarray, self_mask: np.ndarray, present: KVList
+        self, parents: np.ndarray, tokens: np.ndarray, self_mask: np.ndarray, present: KVCache
     ) -> None:
         """The next batch: row i continues row parents[i] and appends tokens[i]."""
         assert self._batch is not None
@@ -261,9 +273,9 @@ class Seq2SeqRunner:
             self.reset()
             return
         b = self._batch
-        self_mask = b.self_mask[rows]
-        used = np.flatnonzero(self_mask.any(axis=0))
-        first = int(used[0]) if len(used) else self_mask.shape[1]
+        width = b.self_mask.shape[1]
+        first = width - int(b.positions[rows].max())  # a row's real slots: its last `position`
+        self_mask = b.self_mask[rows, first:]
         src_mask, cross = b.src_mask, b.cross
         if layout_changed:
             src_mask = b.src_mask[rows]
@@ -274,8 +286,8 @@ class Seq2SeqRunner:
             seq_of_row=b.seq_of_row[rows],
             tokens=b.tokens[rows],
             positions=b.positions[rows],
-            self_mask=self_mask[:, first:],
+            self_mask=self_mask,
             src_mask=src_mask,
-            past=self._kv.take(b.past, rows, first, self_mask.shape[1]),
+            past=self._kv.take(b.past, rows, first, width),
             cross=cross,
         )

@@ -1,19 +1,26 @@
-"""The scheduler: a bounded queue of segments and one engine loop doing continuous batching.
+"""The scheduler: a bounded queue of segments, an encoder thread and a decoder thread doing
+continuous batching.
 
 Request path: `translate()` / `stream()` put one ticket per segment in the queue (or fail at once
-with QueueFullError / DrainingError) and await its updates. The engine loop runs in its own
-thread, step after step, without a round trip through the event loop:
+with QueueFullError / DrainingError) and await its updates. Two engine threads do the work, each
+in a loop of its own, neither waiting for the event loop:
 
-    plan = self._plan()              # drop cancelled, expire overdue, admit what fits
-    result = self._runner.step(plan) # encode admitted ones together, one decoder step
-    self._complete(result)           # record tokens, retire finished rows
+    encoder:  jobs = self._take_queued()        # expire overdue ones, admit what fits (FIFO)
+              encoded = self._runner.encode(jobs)
+              self._ready.append(encoded)
+    decoder:  plan = self._plan()               # ready rows join, cancelled rows leave
+              result = self._runner.step(plan)  # one decoder step for every row
+              self._complete(result)            # record tokens, retire finished rows
 
-so between two decoder steps finished rows leave and newly admitted segments join. Each step's
-updates reach the waiting requests in one `call_soon_threadsafe` callback; the event loop only
-does gRPC I/O and delivery. Queue and batch state are shared by both threads under one lock,
-held for bookkeeping only, never across a step. A segment whose deadline passes in the queue fails
-with QueueTimeoutError and never runs; a cancelled one leaves the queue, or the batch at the next
-step. No onnxruntime import here.
+so between two decoder steps finished rows leave and newly admitted segments join, and the
+encoder runs of newcomers overlap the decoder steps of the rows in flight (ONNX Runtime releases
+the GIL: on CPU they run on two cores). A segment moves queued -> encoding -> ready -> decoding;
+its rows and tokens stay reserved from admission to its end. Each step's updates reach the
+waiting requests in one `call_soon_threadsafe` callback; the event loop only does gRPC I/O and
+delivery. All state is shared under one lock, held for bookkeeping only, never across a model
+run. A segment whose deadline passes in the queue fails with QueueTimeoutError and never runs; a
+cancelled one leaves the queue, or the batch at the next step (a segment cancelled while its
+encoder ran joins and leaves in the same step). No onnxruntime import here.
 """
 
 from __future__ import annotations
@@ -25,14 +32,15 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from service.errors import DrainingError, EngineError, QueueFullError, QueueTimeoutError
 from service.metrics import Metrics
 from service.types import (
     DecodingOptions,
+    EncodedSegments,
     Hypothesis,
     Segment,
     SegmentJob,
@@ -44,13 +52,18 @@ from service.types import (
 log = logging.getLogger(__name__)
 
 Delivery = tuple["_Ticket", SegmentUpdate | BaseException]  # made by the engine, put by the loop
+Stage = Literal["queued", "encoding", "ready", "decoding"]
 
 
 class StepRunner(Protocol):
-    """What the engine loop drives: `runner.Seq2SeqRunner`, or a fake in tests."""
+    """What the engine threads drive: `runner.Seq2SeqRunner`, or a fake in tests."""
+
+    def encode(self, jobs: Sequence[SegmentJob]) -> EncodedSegments:
+        """Run the encoder on admitted segments; called from the encoder thread, any time."""
+        ...
 
     def step(self, plan: StepPlan) -> StepResult:
-        """Apply the plan and run one decoder step; called from the engine thread."""
+        """Apply the plan and run one decoder step; called from the decoder thread."""
         ...
 
     def reset(self) -> None:
@@ -66,7 +79,7 @@ class SchedulerLimits:
     max_tokens_in_flight: int
     max_queued: int
     queue_timeout_s: float
-    admit_every_steps: int = 1  # segments join a running batch at most every N decoder steps
+    admit_every_steps: int = 1  # encoded segments join a running batch at most every N steps
 
 
 @dataclass(eq=False)
@@ -77,17 +90,18 @@ class _Ticket:
     deadline: float  # monotonic; admission after it fails the segment with QueueTimeoutError
     streaming: bool  # deliver partial updates, not only the final one
     submitted: float = field(default_factory=time.monotonic)
+    stage: Stage = "queued"
     first_token: float | None = None
     committed: int = 0
-    finished: bool = False
+    finished: bool = False  # its waiter has its last update, or is gone
     updates: asyncio.Queue[SegmentUpdate | BaseException] = field(default_factory=asyncio.Queue)
 
 
 class BatchScheduler:
-    """Queue, admission and the engine loop (in the "engine" thread).
+    """Queue, admission, and the encoder and decoder loops (threads "encoder" and "decoder").
 
     Args:
-        runner: runs the steps, in the engine thread.
+        runner: runs the encoder (encoder thread) and the decoder steps (decoder thread).
         limits: queue and batch limits.
         metrics: where queue, batch and token figures go.
     """
@@ -96,30 +110,40 @@ class BatchScheduler:
         self._runner = runner
         self._limits = limits
         self._metrics = metrics
-        self._lock = threading.Lock()  # guards everything below; never held across a step
-        self._work = threading.Condition(self._lock)  # notified on submit, cancel and close
+        self._lock = threading.Lock()  # guards everything below; never held across a model run
+        self._encoder_wake = threading.Condition(self._lock)  # the encoder thread may have work
+        self._decoder_wake = threading.Condition(self._lock)  # the decoder thread may have work
         self._queue: collections.deque[_Ticket] = collections.deque()
         self._active: dict[int, _Ticket] = {}  # seq_id -> ticket, admitted and not finished
-        self._dropped: set[int] = set()  # active seq_ids cancelled since the last step
+        self._ready: list[EncodedSegments] = []  # encoded, not yet joined
+        self._decoding: set[int] = set()  # seq_ids whose rows are in the runner's batch
+        self._dropped: set[int] = set()  # active seq_ids cancelled, rows not yet released
         self._rows = 0  # rows reserved by active segments
         self._tokens = 0  # token budget reserved by active segments
-        self._steps_since_admission = 0
+        self._steps_since_join = 0
         self._outbox: list[Delivery] = []  # updates made by the engine, not yet handed over
         self._ids = itertools.count()
         self._accepting = False
         self._closing = False
+        self._broken = False  # an engine loop crashed; the other one stops too
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._running = 0  # engine threads not yet ended
         self._ended: asyncio.Event | None = None
 
     # -- lifecycle: start() at startup, open() once warm, drain() on SIGTERM, close() last --
 
     def start(self) -> None:
-        """Start the engine thread; called once, inside the running event loop."""
+        """Start the engine threads; called once, inside the running event loop."""
         self._loop = asyncio.get_running_loop()
         self._ended = asyncio.Event()
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(loop,), name=name, daemon=True)
+            for name, loop in (("encoder", self._encoder_loop), ("decoder", self._decoder_loop))
+        ]
+        self._running = len(self._threads)
+        for thread in self._threads:
+            thread.start()
 
     def open(self) -> None:
         """Accept requests (after warm-up)."""
@@ -138,23 +162,23 @@ class BatchScheduler:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     @property
     def closing(self) -> bool:
         return self._closing
 
     async def stopped(self) -> None:
-        """Returns when the engine loop has ended, normally or not."""
+        """Returns when both engine loops have ended, normally or not."""
         if self._ended is not None:
             await self._ended.wait()
 
     async def close(self) -> None:
-        """Stop the loop once idle (pending segments have been cancelled by then)."""
-        with self._work:
+        """Stop the loops once idle (pending segments have been cancelled by then)."""
+        with self._lock:
             self._accepting = False
             self._closing = True
-            self._work.notify()
+            self._wake_both()
         await self.stopped()
 
     # -- the request side, on the event loop --
@@ -203,8 +227,8 @@ class BatchScheduler:
             else min(time_left, self._limits.queue_timeout_s)
         )
         deadline = time.monotonic() + wait
-        with self._work:
-            if not self._accepting or not self.alive:
+        with self._lock:
+            if not self._accepting or self._broken or not self.alive:
                 raise DrainingError("the service is not accepting requests (starting or draining)")
             if len(self._queue) + len(segments) > self._limits.max_queued:
                 raise QueueFullError(
@@ -217,7 +241,8 @@ class BatchScheduler:
             ]
             self._queue.extend(tickets)
             self._metrics.queue_depth.set(len(self._queue))
-            self._work.notify()
+            if not self._decoding:
+                self._decoder_wake.notify()  # idle: it encodes them itself
         return tickets
 
     async def _next(self, ticket: _Ticket) -> SegmentUpdate:
@@ -234,64 +259,111 @@ class BatchScheduler:
 
     def _cancel(self, ticket: _Ticket) -> None:
         """The waiter is gone: forget a queued ticket, drop an active one at the next step."""
-        with self._work:
+        with self._lock:
             if ticket.finished:
                 return
             ticket.finished = True
-            seq_id = ticket.job.seq_id
-            if seq_id in self._active:
-                self._dropped.add(seq_id)
-                self._work.notify()
-            else:
+            if ticket.stage == "queued":
                 with contextlib.suppress(ValueError):
                     self._queue.remove(ticket)
                 self._metrics.queue_depth.set(len(self._queue))
+            else:
+                self._dropped.add(ticket.job.seq_id)
 
     def _deliver(self, deliveries: list[Delivery]) -> None:
         """On the event loop: hand one step's updates to their waiters."""
         for ticket, item in deliveries:
             ticket.updates.put_nowait(item)
 
-    # -- the engine side, in the engine thread --
+    # -- the engine side, in the encoder and decoder threads --
 
-    def _run(self) -> None:
+    def _run(self, loop: Callable[[], None]) -> None:
         try:
-            self._engine()
+            loop()
         except BaseException:
-            log.exception("the engine loop crashed; failing every pending segment")
+            log.exception("an engine loop crashed; failing every pending segment")
             with self._lock:
-                self._fail_active(EngineError("the engine stopped while decoding this request"))
-                for ticket in self._queue:
-                    ticket.finished = True
-                    self._outbox.append((ticket, EngineError("the engine stopped; not run")))
-                self._queue.clear()
-                self._flush()
+                self._break()
         finally:
             assert self._loop is not None and self._ended is not None
-            with contextlib.suppress(RuntimeError):  # the event loop is already closed
-                self._loop.call_soon_threadsafe(self._ended.set)
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0
+            if last:
+                with contextlib.suppress(RuntimeError):  # the event loop is already closed
+                    self._loop.call_soon_threadsafe(self._ended.set)
 
-    def _engine(self) -> None:
+    def _encoder_loop(self) -> None:
+        """Encode newcomers while the decoder thread is busy with rows (when it is idle, it
+        encodes them itself: no hand-over between threads on a lone request's path)."""
         while True:
-            with self._work:
-                plan = self._plan()
-                while not (plan.admit or plan.drop or self._active):
-                    if self._closing and not self._queue:
+            with self._lock:
+                while not (jobs := self._take_queued() if self._decoding else []):
+                    if self._broken or (self._closing and not self._queue):
                         return
-                    self._work.wait()
+                    self._encoder_wake.wait()
+            self._encode(jobs)
+
+    def _decoder_loop(self) -> None:
+        while True:
+            jobs: list[SegmentJob] = []
+            with self._lock:
+                plan = self._plan()
+                while not (plan.admit or plan.drop or self._decoding):
+                    if self._broken or (self._closing and not self._queue and not self._active):
+                        return
+                    if not self._ready and (jobs := self._take_queued()):
+                        break
+                    self._decoder_wake.wait()
                     plan = self._plan()
+            if jobs:  # idle: encode here, the next plan admits them
+                self._encode(jobs)
+                continue
             try:
                 result = self._runner.step(plan)
             except Exception:
-                log.exception("engine step failed; failing the segments in flight")
+                log.exception("decoder step failed; failing the segments in the batch")
                 self._runner.reset()
                 with self._lock:
-                    self._fail_active(EngineError("the model failed while decoding this request"))
+                    error = EngineError("the model failed while decoding this request")
+                    self._fail(set(self._decoding), error)
                     self._flush()
                 continue
             with self._lock:
                 self._complete(result)
                 self._flush()
+
+    def _encode(self, jobs: list[SegmentJob]) -> None:
+        """Run the encoder on admitted segments (lock not held); the result waits in `_ready`
+        for the decoder thread."""
+        try:
+            encoded = self._runner.encode(jobs)
+        except Exception:
+            log.exception("encoder run failed; failing its segments")
+            with self._lock:
+                seq_ids = {job.seq_id for job in jobs}
+                self._fail(seq_ids, EngineError("the model failed while encoding this request"))
+                self._flush()
+            return
+        self._metrics.observe_encode(encoded)
+        with self._lock:
+            if self._broken:
+                return
+            for job in encoded.jobs:
+                self._active[job.seq_id].stage = "ready"
+            self._ready.append(encoded)
+            self._decoder_wake.notify()
+
+    def _wake_encoder_if_useful(self) -> None:
+        """Called (lock held) once per decoder step and when rows free up outside a step: the
+        encoder thread takes what queued since the last step in one run, and a submission costs
+        no thread wake-up of its own (on a VM each one costs tens of microseconds)."""
+        if self._decoding and self._queue and self._fits(self._queue[0].job):
+            self._encoder_wake.notify()
+
+    def _wake_both(self) -> None:
+        self._encoder_wake.notify()
+        self._decoder_wake.notify()
 
     def _flush(self) -> None:
         """Hand the outbox to the event loop in one callback (lock held)."""
@@ -302,26 +374,44 @@ class BatchScheduler:
         with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits
             self._loop.call_soon_threadsafe(self._deliver, deliveries)
 
-    def _plan(self) -> StepPlan:
-        """Release cancelled rows, expire overdue queued segments, admit what fits (FIFO)."""
-        drop = frozenset(self._dropped)
-        self._dropped.clear()
-        for seq_id in drop:
-            self._release(self._active.pop(seq_id))
+    def _take_queued(self) -> list[SegmentJob]:
+        """Encoder side: expire overdue queued segments, admit what fits (FIFO)."""
         now = time.monotonic()
         self._expire_overdue(now)
-        admit: list[SegmentJob] = []
-        if not self._active or self._steps_since_admission >= self._limits.admit_every_steps:
-            while self._queue and self._fits(self._queue[0].job):
-                ticket = self._queue.popleft()
-                self._admit(ticket, now)
-                admit.append(ticket.job)
-        if admit:
-            self._steps_since_admission = 0
+        jobs: list[SegmentJob] = []
+        while self._queue and self._fits(self._queue[0].job):
+            ticket = self._queue.popleft()
+            self._admit(ticket, now)
+            jobs.append(ticket.job)
         self._flush()
         self._metrics.queue_depth.set(len(self._queue))
         self._metrics.active_rows.set(self._rows)
-        return StepPlan(tuple(admit), drop)
+        return jobs
+
+    def _plan(self) -> StepPlan:
+        """Decoder side: encoded segments join (at most every `admit_every_steps` steps while
+        rows are decoding), cancelled ones leave; overdue queued segments expire."""
+        admit: tuple[EncodedSegments, ...] = ()
+        every = self._limits.admit_every_steps
+        if self._ready and (not self._decoding or self._steps_since_join >= every):
+            admit, self._ready = tuple(self._ready), []
+            self._steps_since_join = 0
+            for encoded in admit:
+                for job in encoded.jobs:
+                    self._active[job.seq_id].stage = "decoding"
+                    self._decoding.add(job.seq_id)
+        drop = frozenset(self._dropped & self._decoding)
+        if drop:
+            self._dropped -= drop
+            self._decoding -= drop
+            for seq_id in drop:
+                self._release(self._active.pop(seq_id))
+        self._wake_encoder_if_useful()
+        self._expire_overdue(time.monotonic())
+        self._flush()
+        self._metrics.queue_depth.set(len(self._queue))
+        self._metrics.active_rows.set(self._rows)
+        return StepPlan(admit, drop)
 
     def _fits(self, job: SegmentJob) -> bool:
         if not self._active:
@@ -332,6 +422,7 @@ class BatchScheduler:
         )
 
     def _admit(self, ticket: _Ticket, now: float) -> None:
+        ticket.stage = "encoding"
         self._active[ticket.job.seq_id] = ticket
         self._rows += ticket.job.rows
         self._tokens += ticket.job.token_budget
@@ -362,7 +453,7 @@ class BatchScheduler:
     def _complete(self, result: StepResult) -> None:
         """Record the step, queue updates for delivery, retire finished segments."""
         self._metrics.observe_step(result)
-        self._steps_since_admission += 1
+        self._steps_since_join += 1
         now = time.monotonic()
         for update in result.updates:
             ticket = self._active.get(update.seq_id)
@@ -382,6 +473,7 @@ class BatchScheduler:
     def _finish(self, ticket: _Ticket, update: SegmentUpdate, now: float) -> None:
         assert update.hypotheses is not None
         del self._active[ticket.job.seq_id]
+        self._decoding.discard(ticket.job.seq_id)
         self._release(ticket)
         ticket.finished = True
         self._outbox.append((ticket, update))
@@ -390,12 +482,27 @@ class BatchScheduler:
         if ticket.first_token is not None and produced > 1:
             self._metrics.time_per_output_token.observe((now - ticket.first_token) / (produced - 1))
 
-    def _fail_active(self, error: EngineError) -> None:
-        """Every admitted segment fails with `error` and leaves (the runner was reset)."""
-        for ticket in self._active.values():
-            ticket.finished = True
-            self._outbox.append((ticket, error))
+    def _fail(self, seq_ids: set[int], error: EngineError) -> None:
+        """The segments `seq_ids` (admitted) fail with `error` and release their rows."""
+        for seq_id in seq_ids:
+            ticket = self._active.pop(seq_id)
             self._release(ticket)
-        self._active.clear()
-        self._dropped.clear()
+            if not ticket.finished:
+                ticket.finished = True
+                self._outbox.append((ticket, error))
+        self._decoding -= seq_ids
+        self._dropped -= seq_ids
         self._metrics.active_rows.set(self._rows)
+        self._wake_encoder_if_useful()
+
+    def _break(self) -> None:
+        """An engine loop crashed: every pending segment fails, both loops stop."""
+        self._broken = True
+        self._fail(set(self._active), EngineError("the engine stopped while decoding this request"))
+        for ticket in self._queue:
+            ticket.finished = True
+            self._outbox.append((ticket, EngineError("the engine stopped; not run")))
+        self._queue.clear()
+        self._ready.clear()
+        self._flush()
+        self._wake_both()

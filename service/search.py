@@ -24,25 +24,39 @@ import numpy as np
 from service.types import DecodingOptions, Hypothesis
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float32, as the reference computes it; logits (R, V)."""
-    x = logits.astype(np.float32)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return out
-
-
 @dataclass(frozen=True)
 class StepScores:
-    """One decoder step's scores for every row of the batch, computed once."""
+    """One decoder step's scores for every row of the batch, computed once.
 
-    logprobs: np.ndarray  # (B, V) float32 log-softmax of the logits
+    The log-softmax is that of the reference, shifted - log(sum(exp(shifted))) with shifted =
+    logits - max, in float32, but only its parts are computed for the whole batch: greedy rows
+    need just the log-probability of their argmax (where shifted is exactly 0: it is -lse), beam
+    rows get their full rows from `logprobs`. Four passes over (B, V) instead of seven.
+    """
+
+    logits: np.ndarray  # (B, V) float32
     best: np.ndarray  # (B,) int64 argmax of the logits
+    top: np.ndarray  # (B, 1) float32 max of the logits
+    lse: np.ndarray  # (B, 1) float32 log(sum(exp(logits - top)))
 
     @classmethod
     def of(cls, logits: np.ndarray) -> StepScores:
         """From the step's logits (B, V)."""
-        return cls(log_softmax(logits), logits.argmax(axis=-1))
+        x = logits.astype(np.float32, copy=False)
+        best = x.argmax(axis=-1)
+        top = x[np.arange(len(x)), best][:, None]  # the max, read at the argmax
+        shifted = np.subtract(x, top)
+        lse = np.log(np.exp(shifted, out=shifted).sum(axis=-1, keepdims=True))
+        return cls(x, best, top, lse)
+
+    def best_logprob(self, row: int) -> float:
+        """The log-probability of the argmax token of `row`."""
+        return float(-self.lse[row, 0])
+
+    def logprobs(self, start: int, stop: int) -> np.ndarray:
+        """Log-softmax of rows [start, stop) -> (R, V) float32."""
+        rows: np.ndarray = (self.logits[start:stop] - self.top[start:stop]) - self.lse[start:stop]
+        return rows
 
 
 def _ranked(scores: np.ndarray, count: int) -> np.ndarray:
@@ -70,7 +84,7 @@ class GreedySearch:
     def advance(self, scores: StepScores, start: int) -> tuple[list[int], list[int]]:
         """-> parent rows, tokens: one row continuing itself, or none once done."""
         token = int(scores.best[start])
-        self._logprob += float(scores.logprobs[start, token])
+        self._logprob += scores.best_logprob(start)
         self._ids.append(token)
         self.done = token == self._eos_id or len(self._ids) >= self._max_new_tokens
         self.rows = 0 if self.done else 1
@@ -100,7 +114,7 @@ class BeamSearch:
         """-> parent rows, tokens of the next live beams (none once done)."""
         beam_size = self._options.beam_size
         sums = np.array([s for _, s in self._beams], dtype=np.float32)[:, None]  # (R, 1)
-        scores = sums + step.logprobs[start : start + self.rows]  # (R, V) float32
+        scores = sums + step.logprobs(start, start + self.rows)  # (R, V) float32
         chosen: list[tuple[list[int], float]] = []
         origins: list[int] = []
         vocab = scores.shape[1]

@@ -89,7 +89,7 @@ def warm_up(engine: _Engine) -> None:
             for options in (greedy, beam)
         )
     ]
-    engine.runner.step(StepPlan(admit=tuple(jobs)))
+    engine.runner.step(StepPlan(admit=(engine.runner.encode(jobs),)))
     while engine.runner.rows:
         engine.runner.step(StepPlan())
 
@@ -183,7 +183,7 @@ class TranslationServer:
         assert self._scheduler is not None
         await self._scheduler.stopped()
         if not self._scheduler.closing:
-            log.error("the engine loop stopped; reporting NOT_SERVING")
+            log.error("the engine stopped; reporting NOT_SERVING")
             await self.health.engine_stopped()
 
     async def stop(self, grace: float | None = None) -> None:

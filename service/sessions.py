@@ -4,8 +4,10 @@ Device choice (`TRANSLATOR_DEVICE`): `cpu`; `cuda`, which fails at startup unles
 really run on the CUDA provider (ONNX Runtime itself falls back to CPU silently); `auto`, CUDA
 when usable, otherwise CPU with a warning. The provider really in use is `OrtSessions.provider`.
 
-On CPU the graphs take and return numpy arrays. On CUDA every call goes through IOBinding: the
-small int64 inputs are copied in, the logits copied out, and the KV cache stays on the GPU as
+Every call goes through IOBinding. On CPU the inputs are bound as they are (no copy) and the
+outputs written straight into preallocated numpy arrays, the 2L K/V tensors into one stacked
+(2L, B, H, L, Dh) array that `kv.StackedKV` gathers and joins with one numpy call each. On CUDA
+the small int64 inputs are copied in, the logits copied out, and the KV cache stays on the GPU as
 OrtValues; `OrtValueKV` gathers, pads, slices and concatenates it there with tiny helper graphs.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from service.bundle import Bundle, decoder_output_names, encoder_output_names
-from service.kv import KVList, KVOps, NumpyKV
+from service.kv import KVCache, KVOps, StackedKV
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +107,26 @@ class OrtSessions:
             log.warning(
                 "TRANSLATOR_DEVICE=auto: no usable CUDA device; running on %s", self.provider
             )
-        n_layers = bundle.manifest.n_layers
-        self._encoder_outputs = encoder_output_names(n_layers)
-        self._decoder_outputs = decoder_output_names(n_layers)
-        self._n_layers = n_layers
+        manifest = bundle.manifest
+        self._n_layers = manifest.n_layers
+        self._heads, self._head_dim = manifest.n_heads, manifest.head_dim
+        self._vocab = manifest.vocab_size
+        self._dtype = np.dtype(manifest.float_dtype)
+        self._encoder_outputs = encoder_output_names(self._n_layers)
+        self._decoder_outputs = decoder_output_names(self._n_layers)
         bound = "cuda" if self.provider == CUDA else ("cpu" if io_binding else None)
-        self._bound_device = bound  # None: plain numpy runs
-        self.kv: KVOps = NumpyKV() if bound is None else OrtValueKV(bound)
+        self._bound_device = bound  # None: host arrays written in place (StackedKV)
+        self.kv: KVOps = StackedKV() if bound is None else OrtValueKV(bound)
 
-    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVList:
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVCache:
         """(B, S) ids and mask -> cross K/V 2L x (B, H, S, Dh)."""
         feed = {"input_ids": src_ids, "attention_mask": src_mask}
-        return self._run(
-            self.encoder, feed, self._encoder_outputs, keep_on_device=self._encoder_outputs
-        )
+        names = self._encoder_outputs
+        if self._bound_device is not None:
+            return _run_bound(self.encoder, feed, names, set(names), self._bound_device)
+        cross = self._kv_array(len(src_ids), src_ids.shape[1])  # (2L, B, H, S, Dh)
+        _run_into(self.encoder, feed, dict(zip(names, cross, strict=True)))
+        return cross
 
     def decode(
         self,
@@ -127,9 +135,9 @@ class OrtSessions:
         *,
         self_mask: np.ndarray,
         src_mask: np.ndarray,
-        past: KVList,
-        cross: KVList,
-    ) -> tuple[np.ndarray, KVList]:
+        past: KVCache,
+        cross: KVCache,
+    ) -> tuple[np.ndarray, KVCache]:
         """One step for B rows -> logits (B, V) and present K/V 2L x (B, H, P+1, Dh)."""
         feed: dict[str, Any] = {
             "input_ids": tokens[:, None],
@@ -141,21 +149,37 @@ class OrtSessions:
             for j, kv in enumerate(("key", "value")):
                 feed[f"past_key_values.{i}.decoder.{kv}"] = past[2 * i + j]
                 feed[f"past_key_values.{i}.encoder.{kv}"] = cross[2 * i + j]
-        logits, *present = self._run(
-            self.decoder, feed, self._decoder_outputs, keep_on_device=self._decoder_outputs[1:]
-        )
-        return np.asarray(logits)[:, -1], present
+        names = self._decoder_outputs
+        if self._bound_device is not None:
+            logits, *present = _run_bound(
+                self.decoder, feed, names, set(names[1:]), self._bound_device
+            )
+            return np.asarray(logits)[:, -1], present
+        rows = len(tokens)
+        logits = np.empty((rows, 1, self._vocab), self._dtype)
+        stacked = self._kv_array(rows, self_mask.shape[1])  # (2L, B, H, P+1, Dh)
+        outputs = {names[0]: logits, **dict(zip(names[1:], stacked, strict=True))}
+        _run_into(self.decoder, feed, outputs)
+        return logits[:, -1], stacked
 
-    def _run(
-        self,
-        session: ort.InferenceSession,
-        feed: dict[str, Any],
-        outputs: list[str],
-        keep_on_device: Sequence[str],
-    ) -> list[Any]:
-        if self._bound_device is None:
-            return list(session.run(outputs, feed))
-        return _run_bound(session, feed, outputs, set(keep_on_device), self._bound_device)
+    def _kv_array(self, rows: int, length: int) -> np.ndarray:
+        """An uninitialised stacked cache (2L, rows, H, length, Dh) for a graph to write into."""
+        shape = (2 * self._n_layers, rows, self._heads, length, self._head_dim)
+        return np.empty(shape, self._dtype)
+
+
+def _run_into(
+    session: ort.InferenceSession, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+) -> None:
+    """Run on CPU with the inputs bound as they are and every output written into the given
+    C-contiguous array (whose shape must be the output's)."""
+    binding = session.io_binding()
+    inputs = {name: np.ascontiguousarray(value) for name, value in feed.items()}  # alive till run
+    for name, value in inputs.items():
+        binding.bind_cpu_input(name, value)
+    for name, out in outputs.items():
+        binding.bind_output(name, "cpu", 0, out.dtype.type, list(out.shape), out.ctypes.data)
+    session.run_with_iobinding(binding)
 
 
 def _run_bound(
@@ -195,34 +219,34 @@ class OrtValueKV:
         self._provider = CUDA if device == "cuda" else CPU
         self._graphs: dict[tuple[str, int, int], ort.InferenceSession] = {}
 
-    def zeros(self, like: KVList, rows: int, length: int) -> KVList:
+    def zeros(self, like: KVCache, rows: int, length: int) -> KVCache:
         _, heads, _, head_dim = like[0].shape()
         dtype = np.float16 if like[0].data_type() == "tensor(float16)" else np.float32
         host = np.zeros((rows, heads, length, head_dim), dtype=dtype)
         zero = ort.OrtValue.ortvalue_from_numpy(host, self._device, 0)
         return [zero] * len(like)  # read-only inputs: one buffer serves every layer
 
-    def take(self, kv: KVList, rows: np.ndarray, start: int, stop: int) -> KVList:
+    def take(self, kv: KVCache, rows: np.ndarray, start: int, stop: int) -> KVCache:
         if (start, stop) != (0, kv[0].shape()[2]):
             kv = self._slice(kv, start, stop)
         return self._apply("take", kv, {"rows": rows.astype(np.int64)})
 
-    def join(self, first: KVList, second: KVList, length: int) -> KVList:
+    def join(self, first: KVCache, second: KVCache, length: int) -> KVCache:
         first, second = self._pad(first, length), self._pad(second, length)
         return self._apply("concat", [*first, *second], {})
 
-    def _pad(self, kv: KVList, length: int) -> KVList:
+    def _pad(self, kv: KVCache, length: int) -> KVCache:
         missing = length - kv[0].shape()[2]
         if missing == 0:
             return kv
         pads = np.array([0, 0, 0, 0, 0, 0, missing, 0], dtype=np.int64)
         return self._apply("pad", kv, {"pads": pads})
 
-    def _slice(self, kv: KVList, start: int, stop: int) -> KVList:
+    def _slice(self, kv: KVCache, start: int, stop: int) -> KVCache:
         bounds = {"starts": np.array([start], np.int64), "ends": np.array([stop], np.int64)}
         return self._apply("slice", kv, bounds)
 
-    def _apply(self, op: str, tensors: KVList, extra: dict[str, np.ndarray]) -> KVList:
+    def _apply(self, op: str, tensors: KVCache, extra: dict[str, np.ndarray]) -> KVCache:
         elem = _ONNX_TYPES[tensors[0].data_type()]
         key = (op, len(tensors), elem)
         if key not in self._graphs:

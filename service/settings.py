@@ -43,8 +43,8 @@ class ServiceSettings(BaseSettings):
     """Budget of admitted work: per segment, rows x (source tokens + max output tokens)."""
 
     admit_every_steps: int = Field(default=4, ge=1, le=64)
-    """New segments join a running batch every N decoder steps: larger N runs the encoder and
-    the cache copies for more segments at once, for up to N-1 steps of extra queue wait."""
+    """Encoded segments join a running batch every N decoder steps: larger N copies the cache
+    for more segments at once, for up to N-1 steps of extra wait before the first token."""
 
     max_queued_requests: int = Field(default=256, ge=1, le=100_000)
     """Segments waiting for admission; beyond it, requests get RESOURCE_EXHAUSTED at once."""

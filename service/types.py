@@ -7,7 +7,8 @@ search) and reports, after every decoder step, what each segment committed and w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,23 @@ class SegmentUpdate:
 
 
 @dataclass(frozen=True)
+class EncodedSegments:
+    """Segments after their encoder run, waiting to join the decoder batch."""
+
+    jobs: tuple[SegmentJob, ...]  # in the row order of `cross` and `src_mask`
+    cross: Any  # the runner's cross K/V of these rows, 2L x (N, H, S, Dh)
+    src_mask: Any  # (N, S) int64, 0 = right-pad slot
+    seconds: float  # encoder wall time
+    padding: float  # real / total source tokens of the encoder runs, in (0, 1]
+
+
+@dataclass(frozen=True)
 class StepPlan:
     """What changes before the next decoder step."""
 
-    admit: tuple[SegmentJob, ...] = ()  # encoded together, then join the batch
-    drop: frozenset[int] = frozenset()  # seq_ids whose rows leave now (cancelled)
+    admit: tuple[EncodedSegments, ...] = ()  # rows that join the batch, in this order
+    drop: frozenset[int] = frozenset()  # seq_ids whose rows leave now (cancelled); applied after
+    # `admit`, so a segment cancelled while its encoder ran joins and leaves in the same step
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,4 @@ class StepResult:
     updates: tuple[SegmentUpdate, ...]  # one per segment that committed tokens or finished
     rows: int  # rows in the decoder step (0: no step ran)
     step_seconds: float  # decoder step wall time
-    encoder_seconds: float | None = None  # encoder wall time when segments were admitted
     decoder_padding: float = 1.0  # real / total self-attention slots of the step, in (0, 1]
-    encoder_padding: float | None = None  # real / total source tokens of the encoder batch
-    failed: tuple[int, ...] = field(default=())  # seq_ids lost to a runtime failure

@@ -1,19 +1,22 @@
 """Test doubles for the service: a fake runner for scheduler tests.
 
 `FakeRunner` follows the `scheduler.StepRunner` contract without a model: a segment "translates"
-to `len(src_ids)` tokens (ids 10, 11, ...) then `</s>` (3), cut at max_new_tokens; every step can
-sleep to simulate compute, and the runner records what each step admitted, dropped and ran.
+to `len(src_ids)` tokens (ids 10, 11, ...) then `</s>` (3), cut at max_new_tokens; every encoder
+run and every step can sleep to simulate compute, and the runner records what each encoder run
+took and what each step admitted, dropped and ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from service.types import (
     DecodingOptions,
+    EncodedSegments,
     Hypothesis,
     SegmentJob,
     SegmentUpdate,
@@ -34,22 +37,41 @@ class FakeRunner:
     """A `StepRunner` without a model."""
 
     step_seconds: float = 0.0
+    encode_seconds: float = 0.0
     fail_at_step: int | None = None
+    fail_encode: int | None = None  # the encoder run with this index (0-based) raises
     long_sources: int = 0  # when set: sources of more tokens get 100-token outputs, others 1
+    encoded: list[tuple[int, ...]] = field(default_factory=list)  # seq_ids of each encoder run
+    encoded_by: list[str] = field(default_factory=list)  # the thread of each encoder run
+    encoding: bool = False  # an encoder run is under way
     steps: list[StepPlan] = field(default_factory=list)  # every plan it received
     rows_per_step: list[int] = field(default_factory=list)
     admitted: list[int] = field(default_factory=list)  # seq_ids, in admission order
     live: dict[int, tuple[SegmentJob, list[int]]] = field(default_factory=dict)
 
+    def encode(self, jobs: Sequence[SegmentJob]) -> EncodedSegments:
+        self.encoding = True
+        try:
+            self.encoded.append(tuple(job.seq_id for job in jobs))
+            self.encoded_by.append(threading.current_thread().name)
+            if self.encode_seconds:
+                time.sleep(self.encode_seconds)
+            if self.fail_encode is not None and len(self.encoded) - 1 == self.fail_encode:
+                raise RuntimeError("injected encoder failure")
+            return EncodedSegments(tuple(jobs), None, None, self.encode_seconds, 1.0)
+        finally:
+            self.encoding = False
+
     def step(self, plan: StepPlan) -> StepResult:
         self.steps.append(plan)
         if self.fail_at_step is not None and len(self.steps) == self.fail_at_step:
             raise RuntimeError("injected failure")
+        for encoded in plan.admit:
+            for job in encoded.jobs:
+                self.admitted.append(job.seq_id)
+                self.live[job.seq_id] = (job, [])
         for seq_id in plan.drop:
             self.live.pop(seq_id, None)
-        for job in plan.admit:
-            self.admitted.append(job.seq_id)
-            self.live[job.seq_id] = (job, [])
         rows = sum(job.rows for job, _ in self.live.values())
         self.rows_per_step.append(rows)
         if self.step_seconds:

@@ -1,5 +1,6 @@
-"""The device KV operations (tiny ONNX graphs, used on CUDA) agree with the numpy ones; run here
-on CPU OrtValues, since the graphs are the same on every device."""
+"""The device KV operations (tiny ONNX graphs on a list of tensors, used on CUDA) agree with the
+host ones (numpy on one stacked array); run here on CPU OrtValues, since the graphs are the same
+on every device. The runner on both paths equals the reference decoder."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from service.bundle import load_bundle
-from service.kv import NumpyKV
+from service.kv import StackedKV
 from service.runner import Seq2SeqRunner
 from service.sessions import OrtSessions, OrtValueKV
 from service.tokenizer import SourceTokenizer
@@ -41,16 +42,17 @@ def _host(kv: list[ort.OrtValue]) -> list[np.ndarray]:
 def test_device_ops_match_numpy(op):
     rng = np.random.default_rng(0)
     a, b = _kv(rng, 3, 5), _kv(rng, 2, 5)
-    expected = op(NumpyKV(), a, b)
+    expected = op(StackedKV(), np.stack(a), np.stack(b))  # (2L, B, H, L, Dh)
     got = _host(op(OrtValueKV(device="cpu"), _device(a), _device(b)))
+    assert len(got) == len(expected)
     for x, y in zip(got, expected, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("io_binding", [False, True], ids=["numpy", "iobinding"])
+@pytest.mark.parametrize("io_binding", [False, True], ids=["host", "device-kv"])
 def test_runner_with_staggered_joins_equals_reference(service_bundle, reference, io_binding):
-    """Rows join at different steps, greedy and beam rows mixed; on the numpy path and on the
-    IOBinding + device-KV path that CUDA uses (here on CPU OrtValues)."""
+    """Rows join at different steps, greedy and beam rows mixed; on the host path (one stacked
+    numpy cache) and on the device-KV path that CUDA uses (here on CPU OrtValues)."""
     bundle = load_bundle(service_bundle)
     manifest = bundle.manifest
     sessions = OrtSessions(bundle, "cpu", 1, io_binding=io_binding)
@@ -63,7 +65,8 @@ def test_runner_with_staggered_joins_equals_reference(service_bundle, reference,
     jobs = [SegmentJob(i, src, beam if i % 3 == 0 else greedy) for i, src in enumerate(sources)]
     results = {}
     for step in range(200):
-        admit = tuple(jobs[step : step + 1])  # one new segment joins at every step
+        joining = jobs[step : step + 1]  # one new segment joins at every step
+        admit = (runner.encode(joining),) if joining else ()
         for update in runner.step(StepPlan(admit=admit)).updates:
             if update.hypotheses is not None:
                 results[update.seq_id] = update.hypotheses

@@ -88,7 +88,7 @@ async def test_cancelled_row_leaves_at_next_step_and_frees_its_slot(make_schedul
     await waiting
     drop_step = next(i for i, plan in enumerate(runner.steps) if plan.drop)
     assert drop_step <= steps_at_cancel + 1  # dropped within one step
-    assert runner.steps[drop_step].admit  # the freed row went to the waiting request at once
+    assert runner.steps[drop_step + 1].admit  # the freed row went to the waiting request next
     doomed_id = runner.admitted[0]
     assert doomed_id in runner.steps[drop_step].drop
 
@@ -190,3 +190,50 @@ async def test_engine_crash_fails_pending_requests_and_refuses_new_ones(make_sch
     assert not scheduler.alive
     with pytest.raises(DrainingError):
         await scheduler.translate([(source(1), GREEDY)], None)
+
+
+async def test_encoder_runs_overlap_the_decoder_steps_of_rows_in_flight(make_scheduler):
+    runner = FakeRunner(step_seconds=0.002, encode_seconds=0.03)
+    scheduler = make_scheduler(runner)
+    long_task = asyncio.create_task(scheduler.translate([(source(60), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    short_task = asyncio.create_task(scheduler.translate([(source(2), GREEDY)], None))
+    await until(lambda: runner.encoding and len(runner.encoded) == 2)
+    steps_before = len(runner.steps)
+    await until(lambda: not runner.encoding)
+    assert len(runner.steps) - steps_before >= 5  # the long row kept decoding meanwhile
+    assert runner.encoded_by == ["decoder", "encoder"]  # idle: inline; busy: the encoder thread
+    await asyncio.gather(long_task, short_task)
+
+
+async def test_without_batching_every_encoder_run_stays_on_the_decoder_thread(make_scheduler):
+    runner = FakeRunner(step_seconds=0.001)
+    scheduler = make_scheduler(runner, max_active_rows=1)
+    await asyncio.gather(*(scheduler.translate([(source(3), GREEDY)], None) for _ in range(6)))
+    assert runner.encoded_by == ["decoder"] * 6  # no hand-over between threads per request
+
+
+async def test_cancelled_while_encoding_joins_and_leaves_in_one_step(make_scheduler):
+    runner = FakeRunner(step_seconds=0.002, encode_seconds=0.03)
+    scheduler = make_scheduler(runner, max_active_rows=2)
+    long_task = asyncio.create_task(scheduler.translate([(source(80), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    victim = asyncio.create_task(scheduler.translate([(source(2), GREEDY)], None))
+    await until(lambda: runner.encoding and len(runner.encoded) == 2)
+    victim.cancel()
+    (victim_id,) = runner.encoded[1]
+    (result,) = await scheduler.translate([(source(1), GREEDY)], None)  # fits: the row came back
+    assert result[0].ids == fake_output(source(1), 64)
+    assert not long_task.done()
+    joined = next(plan for plan in runner.steps if victim_id in plan.drop)
+    assert victim_id in [job.seq_id for encoded in joined.admit for job in encoded.jobs]
+    await long_task
+
+
+async def test_encoder_failure_fails_its_segments_and_the_engine_goes_on(make_scheduler):
+    runner = FakeRunner(fail_encode=0)
+    scheduler = make_scheduler(runner)
+    with pytest.raises(EngineError, match="while encoding"):
+        await scheduler.translate([(source(3), GREEDY)], None)
+    (result,) = await scheduler.translate([(source(2), GREEDY)], None)
+    assert result[0].ids == fake_output(source(2), 64)

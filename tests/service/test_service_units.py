@@ -50,6 +50,20 @@ def test_ranked_is_a_stable_argsort_head_with_ties():
         assert list(head[:count]) == list(full[:count])
 
 
+def test_step_scores_equal_the_reference_log_softmax_bit_for_bit():
+    from export.reference_decoder import log_softmax
+
+    rng = np.random.default_rng(1)
+    for scale in (0.1, 1.0, 30.0):
+        logits = (rng.standard_normal((6, 257)) * scale).astype(np.float32)
+        scores, expected = StepScores.of(logits), log_softmax(logits)
+        assert np.array_equal(scores.logprobs(0, 6), expected)
+        assert np.array_equal(scores.logprobs(2, 5), expected[2:5])
+        assert list(scores.best) == list(logits.argmax(axis=-1))
+        for row, token in enumerate(scores.best):
+            assert scores.best_logprob(row) == float(expected[row, token])
+
+
 def test_beam_search_stops_when_beam_size_hypotheses_finished():
     options = DecodingOptions(beam_size=2, max_new_tokens=10, length_penalty=1.0, n_best=2)
     search = BeamSearch(options, eos_id=3)
