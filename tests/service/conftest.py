@@ -29,11 +29,12 @@ async def make_scheduler():
         max_queued: int = 16,
         queue_timeout_s: float = 30.0,
         admit_every_steps: int = 1,
+        metrics: Metrics | None = None,
     ) -> BatchScheduler:
         limits = SchedulerLimits(
             max_active_rows, max_tokens_in_flight, max_queued, queue_timeout_s, admit_every_steps
         )
-        scheduler = BatchScheduler(runner, limits, Metrics())
+        scheduler = BatchScheduler(runner, limits, metrics or Metrics())
         scheduler.start()
         scheduler.open()
         made.append(scheduler)

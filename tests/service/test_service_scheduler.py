@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import random
 import time
 
 import pytest
 from service_fakes import GREEDY, FakeRunner, fake_output, source, until
 
 from service.errors import DrainingError, EngineError, QueueFullError, QueueTimeoutError
+from service.metrics import Metrics
 
 pytestmark = pytest.mark.asyncio
 
@@ -237,3 +239,38 @@ async def test_encoder_failure_fails_its_segments_and_the_engine_goes_on(make_sc
         await scheduler.translate([(source(3), GREEDY)], None)
     (result,) = await scheduler.translate([(source(2), GREEDY)], None)
     assert result[0].ids == fake_output(source(2), 64)
+
+
+async def test_random_cancellations_at_every_stage_lose_nothing_and_leak_no_rows(make_scheduler):
+    """Cancellations land while queued, encoding, ready and decoding: every other request gets
+    its exact output, and once idle no row or queued segment is left reserved."""
+    runner = FakeRunner(step_seconds=0.001, encode_seconds=0.004)
+    metrics = Metrics()
+    scheduler = make_scheduler(
+        runner, max_active_rows=6, max_queued=200, admit_every_steps=3, metrics=metrics
+    )
+    rng = random.Random(7)
+
+    async def one(length: int) -> tuple[int, ...]:
+        (hyps,) = await scheduler.translate([(source(length), GREEDY)], None)
+        return hyps[0].ids
+
+    lengths = [rng.randint(3, 30) for _ in range(80)]
+    doomed = set(rng.sample(range(len(lengths)), 40))
+    loop = asyncio.get_running_loop()
+    tasks = []
+    for i, n in enumerate(lengths):  # arrivals spread out, so cancellations find every stage
+        tasks.append(asyncio.create_task(one(n)))
+        if i in doomed:
+            loop.call_later(rng.uniform(0, 0.03), tasks[i].cancel)
+        await asyncio.sleep(rng.uniform(0, 0.002))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for i, (n, result) in enumerate(zip(lengths, results, strict=True)):
+        if isinstance(result, asyncio.CancelledError):
+            assert i in doomed
+        else:
+            assert result == fake_output(source(n), 64)
+    await until(lambda: scheduler.idle)
+    assert metrics.registry.get_sample_value("translator_active_rows") == 0
+    assert metrics.registry.get_sample_value("translator_queue_depth") == 0
+    assert not runner.live  # no zombie row keeps decoding
