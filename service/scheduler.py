@@ -59,7 +59,8 @@ class StepRunner(Protocol):
     """What the engine threads drive: `runner.Seq2SeqRunner`, or a fake in tests."""
 
     def encode(self, jobs: Sequence[SegmentJob]) -> EncodedSegments:
-        """Run the encoder on admitted segments; called from the encoder thread, any time."""
+        """Run the encoder on admitted segments; called from either engine thread, at any time,
+        possibly by both at once (it must not touch the batch)."""
         ...
 
     def step(self, plan: StepPlan) -> StepResult:
@@ -299,8 +300,8 @@ class BatchScheduler:
         while True:
             with self._lock:
                 while not (jobs := self._take_queued() if self._decoding else []):
-                    if self._broken or (self._closing and not self._queue):
-                        return
+                    if self._broken or self._closing:
+                        return  # what is still queued, the decoder thread encodes when idle
                     self._encoder_wake.wait()
             self._encode(jobs)
 
@@ -406,8 +407,8 @@ class BatchScheduler:
             self._decoding -= drop
             for seq_id in drop:
                 self._release(self._active.pop(seq_id))
-        self._wake_encoder_if_useful()
         self._expire_overdue(time.monotonic())
+        self._wake_encoder_if_useful()
         self._flush()
         self._metrics.queue_depth.set(len(self._queue))
         self._metrics.active_rows.set(self._rows)
@@ -485,7 +486,9 @@ class BatchScheduler:
     def _fail(self, seq_ids: set[int], error: EngineError) -> None:
         """The segments `seq_ids` (admitted) fail with `error` and release their rows."""
         for seq_id in seq_ids:
-            ticket = self._active.pop(seq_id)
+            ticket = self._active.pop(seq_id, None)
+            if ticket is None:
+                continue  # already failed by `_break`
             self._release(ticket)
             if not ticket.finished:
                 ticket.finished = True
@@ -493,7 +496,7 @@ class BatchScheduler:
         self._decoding -= seq_ids
         self._dropped -= seq_ids
         self._metrics.active_rows.set(self._rows)
-        self._wake_encoder_if_useful()
+        self._wake_both()  # rows freed: a queued segment may fit, for whichever thread is idle
 
     def _break(self) -> None:
         """An engine loop crashed: every pending segment fails, both loops stop."""
@@ -503,6 +506,7 @@ class BatchScheduler:
             ticket.finished = True
             self._outbox.append((ticket, EngineError("the engine stopped; not run")))
         self._queue.clear()
+        self._metrics.queue_depth.set(0)
         self._ready.clear()
         self._flush()
         self._wake_both()

@@ -40,27 +40,33 @@ class FakeRunner:
     encode_seconds: float = 0.0
     fail_at_step: int | None = None
     fail_encode: int | None = None  # the encoder run with this index (0-based) raises
+    fail_encode_every: int = 0  # when set: every N-th encoder run raises
     long_sources: int = 0  # when set: sources of more tokens get 100-token outputs, others 1
     encoded: list[tuple[int, ...]] = field(default_factory=list)  # seq_ids of each encoder run
     encoded_by: list[str] = field(default_factory=list)  # the thread of each encoder run
-    encoding: bool = False  # an encoder run is under way
+    encoding: int = 0  # encoder runs under way (both engine threads may run one)
     steps: list[StepPlan] = field(default_factory=list)  # every plan it received
     rows_per_step: list[int] = field(default_factory=list)
     admitted: list[int] = field(default_factory=list)  # seq_ids, in admission order
     live: dict[int, tuple[SegmentJob, list[int]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def encode(self, jobs: Sequence[SegmentJob]) -> EncodedSegments:
-        self.encoding = True
+        with self._lock:
+            self.encoding += 1
         try:
             self.encoded.append(tuple(job.seq_id for job in jobs))
             self.encoded_by.append(threading.current_thread().name)
             if self.encode_seconds:
                 time.sleep(self.encode_seconds)
-            if self.fail_encode is not None and len(self.encoded) - 1 == self.fail_encode:
+            run = len(self.encoded) - 1
+            every = self.fail_encode_every
+            if run == self.fail_encode or (every and run % every == every - 1):
                 raise RuntimeError("injected encoder failure")
             return EncodedSegments(tuple(jobs), None, None, self.encode_seconds, 1.0)
         finally:
-            self.encoding = False
+            with self._lock:
+                self.encoding -= 1
 
     def step(self, plan: StepPlan) -> StepResult:
         self.steps.append(plan)

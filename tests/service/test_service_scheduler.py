@@ -242,9 +242,10 @@ async def test_encoder_failure_fails_its_segments_and_the_engine_goes_on(make_sc
 
 
 async def test_random_cancellations_at_every_stage_lose_nothing_and_leak_no_rows(make_scheduler):
-    """Cancellations land while queued, encoding, ready and decoding: every other request gets
-    its exact output, and once idle no row or queued segment is left reserved."""
-    runner = FakeRunner(step_seconds=0.001, encode_seconds=0.004)
+    """Cancellations land while queued, encoding, ready and decoding, and every 7th encoder run
+    fails: every other request gets its exact output or that failure, and once idle no row or
+    queued segment is left reserved."""
+    runner = FakeRunner(step_seconds=0.001, encode_seconds=0.004, fail_encode_every=7)
     metrics = Metrics()
     scheduler = make_scheduler(
         runner, max_active_rows=6, max_queued=200, admit_every_steps=3, metrics=metrics
@@ -268,9 +269,50 @@ async def test_random_cancellations_at_every_stage_lose_nothing_and_leak_no_rows
     for i, (n, result) in enumerate(zip(lengths, results, strict=True)):
         if isinstance(result, asyncio.CancelledError):
             assert i in doomed
+        elif isinstance(result, EngineError):
+            assert "while encoding" in str(result)
         else:
             assert result == fake_output(source(n), 64)
     await until(lambda: scheduler.idle)
     assert metrics.registry.get_sample_value("translator_active_rows") == 0
     assert metrics.registry.get_sample_value("translator_queue_depth") == 0
     assert not runner.live  # no zombie row keeps decoding
+
+
+async def test_encoder_failure_frees_rows_for_a_segment_waiting_on_an_idle_decoder(make_scheduler):
+    runner = FakeRunner(step_seconds=0.005, encode_seconds=0.05, fail_encode=1)
+    scheduler = make_scheduler(runner, max_active_rows=2)
+    first = asyncio.create_task(scheduler.translate([(source(3), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    failing = asyncio.create_task(scheduler.translate([(source(2), GREEDY)], None))
+    await until(lambda: len(runner.encoded) == 2)  # on the encoder thread
+    beam = dataclasses.replace(GREEDY, beam_size=2)  # 2 rows: waits until both others are gone
+    waiting = asyncio.create_task(scheduler.translate([(source(2), beam)], None))
+    await first  # the decoder thread goes idle while the failing encoder run still holds a row
+    with pytest.raises(EngineError, match="while encoding"):
+        await failing
+    (result,) = await asyncio.wait_for(waiting, 1.0)  # the freed rows woke the idle decoder
+    assert result[0].ids == fake_output(source(2), 64)
+
+
+@pytest.mark.parametrize(
+    "cancel_queued", [False, True], ids=["queued-finishes", "queued-cancelled"]
+)
+async def test_close_returns_when_work_was_still_queued_at_close(make_scheduler, cancel_queued):
+    runner = FakeRunner(step_seconds=0.005)
+    scheduler = make_scheduler(runner, max_active_rows=1)
+    active = asyncio.create_task(scheduler.translate([(source(10), GREEDY)], None))
+    await until(lambda: bool(runner.steps))
+    queued = asyncio.create_task(scheduler.translate([(source(2), GREEDY)], None))
+    await asyncio.sleep(0.01)
+    scheduler.drain()
+    closing = asyncio.create_task(scheduler.close())
+    await asyncio.sleep(0.01)
+    if cancel_queued:
+        queued.cancel()
+    await active
+    if not cancel_queued:
+        (result,) = await queued
+        assert result[0].ids == fake_output(source(2), 64)
+    await asyncio.wait_for(closing, 1.0)
+    assert not scheduler.alive
