@@ -254,7 +254,8 @@ async def test_random_cancellations_at_every_stage_lose_nothing_and_leak_no_rows
 
     async def one(length: int) -> tuple[int, ...]:
         (hyps,) = await scheduler.translate([(source(length), GREEDY)], None)
-        return hyps[0].ids
+        ids: tuple[int, ...] = hyps[0].ids
+        return ids
 
     lengths = [rng.randint(3, 30) for _ in range(80)]
     doomed = set(rng.sample(range(len(lengths)), 40))
