@@ -14,7 +14,10 @@ in a loop of its own, neither waiting for the event loop:
 
 so between two decoder steps finished rows leave and newly admitted segments join, and the
 encoder runs of newcomers overlap the decoder steps of the rows in flight (ONNX Runtime releases
-the GIL: on CPU they run on two cores). A segment moves queued -> encoding -> ready -> decoding;
+the GIL: on CPU they run on two cores). The encoder thread only works while rows are decoding
+and is woken once per step; an idle decoder thread encodes newcomers itself, so a lone request
+(or the unbatched server) is never handed between threads. The decoder thread alone owns the
+batch. A segment moves queued -> encoding -> ready -> decoding;
 its rows and tokens stay reserved from admission to its end. Each step's updates reach the
 waiting requests in one `call_soon_threadsafe` callback; the event loop only does gRPC I/O and
 delivery. All state is shared under one lock, held for bookkeeping only, never across a model
