@@ -3,10 +3,12 @@
     python -m bench.service_load --bundle models/default --clients 32 --seconds 20
 
 For each configuration (the server as configured, then the same with TRANSLATOR_MAX_ACTIVE_ROWS=1,
-i.e. no batching) it starts `python -m service` on a free port, runs N clients that each send one
-sentence, wait for the answer and send the next, for T seconds after a warm-up, and prints
-sentences/s, output tokens/s, p50/p95/p99 latency and the mean rows per decoder step (from the
-server's own metrics). Results also go to bench/results/service_load.json. Never pass/fail.
+i.e. no batching) it starts `python -m service` on a free port; after a warm-up of each, N clients
+that each send one sentence, wait for the answer and send the next load the servers in turn,
+`--rounds` times T/rounds seconds each (T in all per configuration), so that the speed drift of
+a shared machine does not favour whichever configuration ran first. It prints sentences/s, output
+tokens/s, p50/p95/p99 latency and the mean rows per decoder step (from the server's own metrics).
+Results also go to bench/results/service_load.json. Never pass/fail.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -107,7 +109,7 @@ async def _client(
     """One closed-loop client: (latencies, output tokens, errors)."""
     latencies: list[float] = []
     tokens = errors = 0
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address) as channel:  # one connection per client
         translator = pb_grpc.TranslatorStub(channel)
         i = offset
         while time.perf_counter() < stop_at:
@@ -128,11 +130,10 @@ async def _client(
 
 
 async def _load(
-    address: str, args: argparse.Namespace, seconds: float
+    address: str, sentences: list[tuple[str, str]], args: argparse.Namespace, seconds: float
 ) -> tuple[list[float], int, int]:
     options = pb.DecodingOptions(beam_size=args.beam)
     stop_at = time.perf_counter() + seconds
-    sentences = bench_sentences()
     runs = await asyncio.gather(
         *(_client(address, sentences, stop_at, 17 * i, options) for i in range(args.clients))
     )
@@ -140,32 +141,69 @@ async def _load(
     return latencies, sum(r[1] for r in runs), sum(r[2] for r in runs)
 
 
-def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> Figures:
-    server = ServerProcess(args.bundle, env)
+@dataclass
+class _Tally:
+    """What one configuration's rounds add up to."""
+
+    latencies: list[float] = field(default_factory=list)
+    tokens: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    rows: float = 0.0
+    steps: float = 0.0
+
+
+def measure(configs: list[tuple[str, dict[str, str]]], args: argparse.Namespace) -> list[Figures]:
+    """Start one server per configuration, then load them in turn, `args.rounds` rounds of
+    `args.seconds / args.rounds` each: a drift in the machine's speed (a shared VM's is large)
+    then weighs on every configuration alike instead of on whichever ran during it."""
+    servers: list[ServerProcess] = []
     try:
-        address = f"127.0.0.1:{server.port}"
-        asyncio.run(_load(address, args, args.warmup))
-        rows_before = server.batch_rows()
-        start = time.perf_counter()
-        latencies, tokens, errors = asyncio.run(_load(address, args, args.seconds))
-        elapsed = time.perf_counter() - start
-        rows_after = server.batch_rows()
+        for _, env in configs:
+            servers.append(ServerProcess(args.bundle, env))
+        tallies = [_Tally() for _ in configs]
+        sentences = bench_sentences()
+        for server in servers:
+            asyncio.run(_load(f"127.0.0.1:{server.port}", sentences, args, args.warmup))
+        for _ in range(args.rounds):
+            for server, tally in zip(servers, tallies, strict=True):
+                address = f"127.0.0.1:{server.port}"
+                rows_before, steps_before = server.batch_rows()
+                start = time.perf_counter()
+                latencies, tokens, errors = asyncio.run(
+                    _load(address, sentences, args, args.seconds / args.rounds)
+                )
+                tally.seconds += time.perf_counter() - start
+                rows_after, steps_after = server.batch_rows()
+                tally.latencies += latencies
+                tally.tokens += tokens
+                tally.errors += errors
+                tally.rows += rows_after - rows_before
+                tally.steps += steps_after - steps_before
     finally:
-        server.stop()
-    steps = rows_after[1] - rows_before[1]
-    ms = np.percentile(np.array(latencies) * 1000, [50, 95, 99]) if latencies else [0.0] * 3
+        for server in servers:
+            server.stop()
+    return [_figures(name, tally, args) for (name, _), tally in zip(configs, tallies, strict=True)]
+
+
+def _figures(name: str, tally: _Tally, args: argparse.Namespace) -> Figures:
+    ms = (
+        np.percentile(np.array(tally.latencies) * 1000, [50, 95, 99])
+        if tally.latencies
+        else [0.0] * 3
+    )
     return Figures(
         name=name,
         clients=args.clients,
-        seconds=round(elapsed, 2),
-        sentences=len(latencies),
-        errors=errors,
-        sentences_per_s=round(len(latencies) / elapsed, 2),
-        tokens_per_s=round(tokens / elapsed, 1),
+        seconds=round(tally.seconds, 2),
+        sentences=len(tally.latencies),
+        errors=tally.errors,
+        sentences_per_s=round(len(tally.latencies) / tally.seconds, 2),
+        tokens_per_s=round(tally.tokens / tally.seconds, 1),
         p50_ms=round(float(ms[0]), 1),
         p95_ms=round(float(ms[1]), 1),
         p99_ms=round(float(ms[2]), 1),
-        mean_batch_rows=round((rows_after[0] - rows_before[0]) / steps, 2) if steps else 0.0,
+        mean_batch_rows=round(tally.rows / tally.steps, 2) if tally.steps else 0.0,
     )
 
 
@@ -197,6 +235,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--beam", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the configurations")
     # One ONNX Runtime thread by default: on a 2-core machine the clients and the server's event
     # loop need the other core (two threads measured 3-4x slower there under load).
     parser.add_argument("--threads", default=os.environ.get("TRANSLATOR_THREADS", "1"))
@@ -206,10 +245,8 @@ def main() -> None:
         (f"batched (max rows {configured})", {"TRANSLATOR_MAX_ACTIVE_ROWS": configured}),
         ("unbatched (max rows 1)", {"TRANSLATOR_MAX_ACTIVE_ROWS": "1"}),
     ]
-    results = []
-    for name, env in runs:
-        env = env | {"TRANSLATOR_THREADS": str(args.threads)}
-        results.append(measure(name, env, args))
+    threads = {"TRANSLATOR_THREADS": str(args.threads)}
+    results = measure([(name, env | threads) for name, env in runs], args)
     _print(results)
     write_results("service_load", [asdict(r) for r in results])
 
