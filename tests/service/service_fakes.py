@@ -1,9 +1,13 @@
-"""Test doubles for the service: a fake runner for scheduler tests.
+"""Test doubles for the service: a fake runner for scheduler tests, toy sessions for the runner.
 
 `FakeRunner` follows the `scheduler.StepRunner` contract without a model: a segment "translates"
 to `len(src_ids)` tokens (ids 10, 11, ...) then `</s>` (3), cut at max_new_tokens; every encoder
 run and every step can sleep to simulate compute, and the runner records what each encoder run
 took and what each step admitted, dropped and ran.
+
+`ToySessions` follows the runner's `ModelSessions` contract with a small numpy "model" whose next
+token depends on every unmasked slot of the row's past and source, so a row that reads another
+row's cache, a stale slot or a wrong mask decodes differently; outputs are long and varied.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from service.types import (
     DecodingOptions,
@@ -121,3 +127,44 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
             return
         await asyncio.sleep(0.001)
     raise AssertionError("condition not reached in time")
+
+
+class ToySessions:
+    """`runner.ModelSessions` in numpy: 2 layers, 1 head, head size 1, a vocabulary of 64.
+
+    The cache holds exact small integers (in float32): a past slot is 7 * token + position, a
+    source slot its id; a row's next-token logits hash the masked sums of its whole past and
+    source, and `</s>` comes exactly once the position reaches a length set by the source."""
+
+    vocab = 64
+
+    def __init__(self) -> None:
+        from service.kv import StackedKV
+
+        self.kv = StackedKV()
+
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> np.ndarray:
+        slots = (src_ids * src_mask).astype(np.float32)[:, None, :, None]  # (B, 1, S, 1)
+        return np.stack([slots * (k + 1) for k in range(4)])  # (2L, B, H, S, Dh)
+
+    def decode(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        *,
+        self_mask: np.ndarray,
+        src_mask: np.ndarray,
+        past: np.ndarray,
+        cross: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        new = (7 * tokens + positions).astype(np.float32)[:, None, None, None]  # (B, 1, 1, 1)
+        present = np.stack([np.concatenate([p, new * (k + 1)], axis=2) for k, p in enumerate(past)])
+        # a slot counts when unmasked, even when its value is 0 (as in softmax attention)
+        history = ((present[3][:, 0, :, 0] + 1) * self_mask).sum(axis=1).astype(np.int64)  # (B,)
+        source = ((cross[2][:, 0, :, 0] + 1) * src_mask).sum(axis=1).astype(np.int64)  # (B,)
+        state = (history * 1_000_003 + source * 7_919 + positions) % 1_000_000_007
+        ids = np.arange(self.vocab, dtype=np.int64)
+        logits = ((state[:, None] * 2_654_435_761 + ids * 40_503) % 997).astype(np.float32) / 50
+        ended = positions >= 8 + source % 25  # (B,)
+        logits[:, EOS] = np.where(ended, 100.0, -100.0)
+        return logits, present

@@ -1,19 +1,26 @@
 """The device KV operations (tiny ONNX graphs on a list of tensors, used on CUDA) agree with the
 host ones (numpy on one stacked array); run here on CPU OrtValues, since the graphs are the same
-on every device. The runner on both paths equals the reference decoder."""
+on every device. The runner on both paths equals the reference decoder, and on toy sessions with
+long, varied outputs it equals a decoder that gives every beam a cache of its own."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from service_fakes import EOS, ToySessions
 
 from service.bundle import load_bundle
 from service.kv import StackedKV
 from service.runner import Seq2SeqRunner
+from service.search import StepScores, make_search
 from service.sessions import OrtSessions, OrtValueKV
 from service.tokenizer import SourceTokenizer
 from service.types import DecodingOptions, SegmentJob, StepPlan
+
+SPECIAL = {"pad": 0, "unk": 1, "bos": 2, "eos": EOS}
 
 
 def _kv(rng: np.random.Generator, rows: int, length: int) -> list[np.ndarray]:
@@ -80,3 +87,78 @@ def test_runner_with_staggered_joins_equals_reference(service_bundle, reference,
             found = reference.beam_search(list(job.src_ids), 3, 40, 0.6, 2)
             expected = [tuple(ids) for ids, _ in found]
         assert [h.ids for h in results[job.seq_id]] == expected
+
+
+def _decode(runner: Seq2SeqRunner, waves: dict[int, list[SegmentJob]], drops=None) -> tuple:
+    """Run `waves` (step -> segments that join) to the end -> (hypotheses by seq_id, per step
+    (joined, rows computed, rows owned after))."""
+    drops = drops or {}
+    results, trace = {}, []
+    for step in range(1000):
+        admit = (runner.encode(waves[step]),) if step in waves else ()
+        result = runner.step(StepPlan(admit=admit, drop=drops.get(step, frozenset())))
+        trace.append((step in waves, result.rows, runner.rows))
+        for update in result.updates:
+            if update.hypotheses is not None:
+                results[update.seq_id] = update.hypotheses
+        if not runner.rows and step > max(waves):
+            return results, trace
+    raise AssertionError("did not finish")
+
+
+def _toy_reference(job: SegmentJob) -> tuple:
+    """The segment decoded on its own, every live beam with a cache of its own (no batch)."""
+    toy = ToySessions()
+    src_ids, src_mask = np.array([job.src_ids]), np.ones((1, len(job.src_ids)), dtype=np.int64)
+    cross = toy.encode(src_ids, src_mask)
+    search = make_search(job.options, EOS)
+    pasts = [np.zeros((4, 1, 1, 0, 1), dtype=np.float32)]  # per live row: its own cache
+    tokens, position = [SPECIAL["bos"]], 0
+    while not search.done:
+        logits, presents = [], []
+        for token, past in zip(tokens, pasts, strict=True):
+            row_logits, present = toy.decode(
+                np.array([token]),
+                np.array([position]),
+                self_mask=np.ones((1, position + 1), dtype=np.int64),
+                src_mask=src_mask,
+                past=past,
+                cross=cross,
+            )
+            logits.append(row_logits[0])
+            presents.append(present)
+        origins, tokens = search.advance(StepScores.of(np.stack(logits)), 0)
+        pasts = [presents[origin] for origin in origins]
+        position += 1
+    return search.results()
+
+
+def test_runner_with_waves_and_cancellations_equals_per_beam_caches():
+    """Segments join in waves while others decode, finish or are cancelled, greedy and beam
+    mixed; every segment decodes exactly as with a cache of its own per beam (toy sessions whose
+    tokens depend on every unmasked slot of the row's cache, so a row reading another row's past,
+    a stale slot or a wrong mask shows). The tiny bundle's outputs are 2 tokens long: it cannot
+    show this."""
+    rng = np.random.default_rng(3)
+    greedy, beam = DecodingOptions(1, 40, 1.0, 1), DecodingOptions(3, 40, 0.8, 2)
+    jobs = [
+        SegmentJob(
+            i, tuple(rng.integers(4, 60, size=rng.integers(2, 12))), beam if i % 5 == 4 else greedy
+        )
+        for i in range(40)
+    ]
+    waves: dict[int, list[SegmentJob]] = {}
+    for job in jobs:
+        waves.setdefault(int(rng.integers(0, 60)), []).append(job)
+    joined_at = {job.seq_id: step for step, wave in waves.items() for job in wave}
+    drops = {joined_at[seq_id] + 2: frozenset({seq_id}) for seq_id in (0, 9, 14)}
+    batched, trace = _decode(Seq2SeqRunner(ToySessions(), SPECIAL), waves, drops)
+    dropped = set().union(*drops.values())
+    assert set(batched) == {job.seq_id for job in jobs} - dropped
+    for job in jobs:
+        if job.seq_id not in dropped:
+            assert batched[job.seq_id] == _toy_reference(job), job
+    steps = list(itertools.pairwise(trace))
+    assert any(joined and before for (_, before, _), (joined, _, _) in steps), trace  # mid-batch
+    assert any(not joined and 0 < rows < before for (_, before, _), (joined, rows, _) in steps)
+    assert max(len(h[0].ids) for h in batched.values()) >= 20  # long outputs: rows overlap
