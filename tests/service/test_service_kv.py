@@ -18,7 +18,7 @@ from service.runner import Seq2SeqRunner
 from service.search import StepScores, make_search
 from service.sessions import OrtSessions, OrtValueKV
 from service.tokenizer import SourceTokenizer
-from service.types import DecodingOptions, SegmentJob, StepPlan
+from service.types import DecodingOptions, Hypothesis, SegmentJob, StepPlan
 
 SPECIAL = {"pad": 0, "unk": 1, "bos": 2, "eos": EOS}
 
@@ -89,11 +89,18 @@ def test_runner_with_staggered_joins_equals_reference(service_bundle, reference,
         assert [h.ids for h in results[job.seq_id]] == expected
 
 
-def _decode(runner: Seq2SeqRunner, waves: dict[int, list[SegmentJob]], drops=None) -> tuple:
-    """Run `waves` (step -> segments that join) to the end -> (hypotheses by seq_id, per step
-    (joined, rows computed, rows owned after))."""
+Trace = list[tuple[bool, int, int]]  # per step: a wave joined, rows computed, rows owned after
+
+
+def _decode(
+    runner: Seq2SeqRunner,
+    waves: dict[int, list[SegmentJob]],
+    drops: dict[int, frozenset[int]] | None = None,
+) -> tuple[dict[int, tuple[Hypothesis, ...]], Trace]:
+    """Run `waves` (step -> segments that join) to the end -> (hypotheses by seq_id, trace)."""
     drops = drops or {}
-    results, trace = {}, []
+    results: dict[int, tuple[Hypothesis, ...]] = {}
+    trace: Trace = []
     for step in range(1000):
         admit = (runner.encode(waves[step]),) if step in waves else ()
         result = runner.step(StepPlan(admit=admit, drop=drops.get(step, frozenset())))
@@ -106,7 +113,7 @@ def _decode(runner: Seq2SeqRunner, waves: dict[int, list[SegmentJob]], drops=Non
     raise AssertionError("did not finish")
 
 
-def _toy_reference(job: SegmentJob) -> tuple:
+def _toy_reference(job: SegmentJob) -> tuple[Hypothesis, ...]:
     """The segment decoded on its own, every live beam with a cache of its own (no batch)."""
     toy = ToySessions()
     src_ids, src_mask = np.array([job.src_ids]), np.ones((1, len(job.src_ids)), dtype=np.int64)
