@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.kv import StackedKV
 from service.types import (
     DecodingOptions,
     EncodedSegments,
@@ -139,8 +140,6 @@ class ToySessions:
     vocab = 64
 
     def __init__(self) -> None:
-        from service.kv import StackedKV
-
         self.kv = StackedKV()
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> np.ndarray:

@@ -89,7 +89,7 @@ def test_runner_with_staggered_joins_equals_reference(service_bundle, reference,
         assert [h.ids for h in results[job.seq_id]] == expected
 
 
-Trace = list[tuple[bool, int, int]]  # per step: a wave joined, rows computed, rows owned after
+Trace = list[tuple[bool, int]]  # per step: a wave joined, rows in the decoder step
 
 
 def _decode(
@@ -104,7 +104,7 @@ def _decode(
     for step in range(1000):
         admit = (runner.encode(waves[step]),) if step in waves else ()
         result = runner.step(StepPlan(admit=admit, drop=drops.get(step, frozenset())))
-        trace.append((step in waves, result.rows, runner.rows))
+        trace.append((step in waves, result.rows))
         for update in result.updates:
             if update.hypotheses is not None:
                 results[update.seq_id] = update.hypotheses
@@ -166,6 +166,6 @@ def test_runner_with_waves_and_cancellations_equals_per_beam_caches():
         if job.seq_id not in dropped:
             assert batched[job.seq_id] == _toy_reference(job), job
     steps = list(itertools.pairwise(trace))
-    assert any(joined and before for (_, before, _), (joined, _, _) in steps), trace  # mid-batch
-    assert any(not joined and 0 < rows < before for (_, before, _), (joined, rows, _) in steps)
+    assert any(joined and before for (_, before), (joined, _) in steps), trace  # mid-batch
+    assert any(not joined and 0 < rows < before for (_, before), (joined, rows) in steps), trace
     assert max(len(h[0].ids) for h in batched.values()) >= 20  # long outputs: rows overlap
