@@ -1,13 +1,15 @@
 # The translator service image: `python -m service` on ONNX Runtime (CUDA 13 / cuDNN 9 or CPU).
 #
-#   make model                                   # builds models/default (the bundle is not in git)
+#   # models/default, the bundle, ships with the repository (`make model` rebuilds it)
 #   docker build -t REGISTRY/translator:TAG .
 #   docker run --rm -p 50051:50051 -p 9464:9464 REGISTRY/translator:TAG            # CPU
 #   docker run --rm --gpus all -e TRANSLATOR_DEVICE=cuda -p 50051:50051 REGISTRY/translator:TAG
 #
 # Two stages on the same base, so the virtual environment built in the first runs in the second:
-# - builder: resolves the runtime pins from pyproject.toml (one source of truth for versions),
-#   installs them into /opt/venv and generates the gRPC stubs. grpcio-tools stays in this stage.
+# - builder: the runtime set is pyproject.toml's `project.dependencies` (the single source of
+#   truth, also what `make serve` installs), read by scripts/runtime_requirements.py with its pins,
+#   installed into /opt/venv; the gRPC stubs are generated with grpcio-tools (from the `stubs`
+#   extra), which stays in this stage.
 # - runtime: /opt/venv + service/ + the bundle. No torch, no compilers, no package manager use,
 #   a non-root numeric user, exec-form entrypoint so SIGTERM reaches Python (the service drains).
 #
@@ -18,10 +20,13 @@
 # and the container toolkit / device plugin. The same image runs on CPU-only nodes (CPU provider).
 # Build with `--build-arg ORT_EXTRAS=` for a CPU-only image without the ~3 GB of CUDA wheels.
 #
-# The model bundle is copied from the build context (models/default, made by `make model`), not
-# trained in a builder stage: training needs torch and ~10 CPU-minutes, and an image build should
-# package an artefact that has been evaluated, not produce a new one. A bigger model is mounted
-# over it, or anywhere else with TRANSLATOR_BUNDLE_PATH pointing at it (see deploy/README.md).
+# The model bundle is copied from the build context: models/default (fp32 ONNX + tokenizer +
+# manifest) is committed to the repository, next to the checkpoint it was exported from
+# (checkpoints/default). `make model` rebuilds both from scratch (training, then export); `make
+# bundle` re-exports the bundle from the shipped checkpoint. Nothing is trained in a builder stage:
+# training needs torch and ~10 CPU-minutes, and an image build should package an artefact that
+# has been evaluated, not produce a new one. A bigger model is mounted over it, or anywhere else
+# with TRANSLATOR_BUNDLE_PATH pointing at it (see deploy/README.md).
 # Pin the base by digest in your registry mirror for reproducible builds.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -33,8 +38,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml ./
 COPY scripts/runtime_requirements.py scripts/
-# Runtime dependencies at the exact versions pinned in pyproject.toml (torch and the training-only
-# packages left out) into /opt/venv; grpcio-tools, for the stubs only, into a throwaway venv.
+# project.dependencies at their exact pins (no torch: training is the `train` extra) into
+# /opt/venv; grpcio-tools, for the stubs only, into a throwaway venv.
 RUN python scripts/runtime_requirements.py --ort-extras "${ORT_EXTRAS}" > runtime.txt \
     && python scripts/runtime_requirements.py --build > build.txt \
     && python -m venv /opt/venv \

@@ -3,45 +3,70 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Two install stamps, for the sets of pyproject.toml (its comment says which is which):
+# - serve: the service's runtime set (project.dependencies) + the stub generators (`stubs`).
+#          No torch. `make serve` needs only this one.
+# - dev:   on top of serve: torch, training and export (`train`), linters and tests (`dev`).
+#          A superset, built after the serve stamp (order-only), so one venv serves both and the
+#          two pip runs never overlap, even under `make -j`.
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
 
 CHECKPOINT := checkpoints/default
 BUNDLE := models/default
 
-.PHONY: serve test model lint typecheck unit bench sz clean help proto deploy-check image
+.PHONY: serve test model bundle bundle-present lint typecheck unit bench sz clean help proto \
+	deploy-check image
 
 help:
-	@echo "make serve   build the default model if it is missing, then run the service"
-	@echo "make test    linters, type checks and the test suite"
-	@echo "make model   train the default checkpoint and export the default bundle"
-	@echo "make bench   benchmarks (print tables; never pass/fail)"
+	@echo "make serve    install what the service needs (no torch), serve $(BUNDLE)"
+	@echo "make test     linters, type checks and the test suite"
+	@echo "make model    rebuild the default model from scratch: train, then export"
+	@echo "make bundle   re-export $(BUNDLE) from the shipped $(CHECKPOINT) (about a minute)"
+	@echo "make bench    benchmarks on the shipped bundle (print tables; never pass/fail)"
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: the CPU wheel of exactly this version is on the machine.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev]'
+	# --no-build-isolation builds with the venv's setuptools: a fresh venv's 65.x has no bdist_wheel.
+	$(PY) -m pip install --quiet --upgrade pip 'setuptools>=70.1'
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[stubs]'
 	touch $@
 
-# The default model: trained on the built-in corpus (about 10 minutes on 2 CPU cores), evaluated
-# on its test split, then exported to an fp32 bundle behind the parity gate.
-$(CHECKPOINT)/metrics.json: | $(STAMP)
-	$(PY) -m model.train --corpus builtin --preset small --out $(CHECKPOINT)
+$(DEV_STAMP): pyproject.toml | $(SERVE_STAMP)
+	# torch first, pinned: the CPU wheel of exactly this version is on the machine.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[train,stubs,dev]'
+	touch $@
 
-$(BUNDLE)/manifest.json: $(CHECKPOINT)/metrics.json
-	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(BUNDLE) --precision fp32
+# The default model ships with the repository: the checkpoint ($(CHECKPOINT): model.safetensors,
+# config.json, tokenizer.model, metrics.json) and the fp32 bundle exported from it ($(BUNDLE)).
+# Serving never trains.
+bundle-present:
+	@test -f $(BUNDLE)/manifest.json || { echo "$(BUNDLE) is missing: it ships with the repository \
+	(git checkout $(BUNDLE)) or rebuild it with make model" >&2; exit 1; }
 
-model: $(BUNDLE)/manifest.json
-
-serve: proto model
+serve: bundle-present $(SERVE_STAMP) proto
 	TRANSLATOR_BUNDLE_PATH=$(BUNDLE) $(PY) -m service
 
-# gRPC stubs, generated at build time into service/pb/ (gitignored), typed for mypy.
+# From scratch: train on the built-in corpus (the preset fixes the step count; about 25 minutes on
+# 2 CPU cores), evaluate on its test split, export the fp32 bundle behind the parity gate. The
+# optimizer state (trainer_state.pt, for resuming) is not shipped.
+model: $(DEV_STAMP)
+	rm -rf $(CHECKPOINT)
+	$(PY) -m model.train --corpus builtin --preset small --out $(CHECKPOINT)
+	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(BUNDLE) --precision fp32
+	rm -f $(CHECKPOINT)/trainer_state.pt
+
+# Re-export only, from the shipped checkpoint: what a change of the bundle format needs.
+bundle: $(DEV_STAMP)
+	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(BUNDLE) --precision fp32
+
+# gRPC stubs, generated at build time into service/pb/ (gitignored), typed for mypy. The generators
+# are the `stubs` extra, which both stamps install.
 PROTO_SRC := protos/translator/v1/translator.proto
 PROTO_OUT := service/pb/translator/v1/translator_pb2.py
 
-$(PROTO_OUT): $(PROTO_SRC) | $(STAMP)
+$(PROTO_OUT): $(PROTO_SRC) | $(SERVE_STAMP)
 	rm -rf service/pb && mkdir -p service/pb/translator/v1
 	$(PY) -m grpc_tools.protoc -Iservice/pb=protos --python_out=. --pyi_out=. \
 		--grpc_python_out=. --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
@@ -50,34 +75,33 @@ $(PROTO_OUT): $(PROTO_SRC) | $(STAMP)
 
 proto: $(PROTO_OUT)
 
-lint: $(STAMP) proto
+lint: $(DEV_STAMP) proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(STAMP) proto
+typecheck: $(DEV_STAMP) proto
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) proto
+unit: $(DEV_STAMP) proto
 	$(VENV)/bin/pytest
 
 test: lint typecheck unit
 
 # The deploy/ checks alone (also part of `make test`): kustomize, schemas, yamllint, hadolint,
 # promtool, and the end-to-end Prometheus test. Tools are fetched into .cache/ on first use.
-deploy-check: $(STAMP) proto
+deploy-check: $(DEV_STAMP) proto
 	$(VENV)/bin/pytest tests/deploy
 
-# The container image (needs a container engine, and the bundle in $(BUNDLE): `make model`).
+# The container image (needs a container engine; it packages the shipped bundle $(BUNDLE)).
 IMAGE ?= translator:dev
-image:
-	test -f $(BUNDLE)/manifest.json || { echo "no bundle in $(BUNDLE): run make model" >&2; exit 1; }
+image: bundle-present
 	docker build -t $(IMAGE) .
 
-# Closed-loop gRPC load test on the default bundle: the server as configured, then with
+# Closed-loop gRPC load test on the shipped default bundle: the server as configured, then with
 # TRANSLATOR_MAX_ACTIVE_ROWS=1 (no batching). Prints a table; never pass/fail.
 BENCH_CLIENTS ?= 32
 BENCH_SECONDS ?= 20
-bench: proto model
+bench: bundle-present $(DEV_STAMP) proto
 	$(PY) -m bench.decoder_step --bundle $(BUNDLE) --checkpoint $(CHECKPOINT)
 	$(PY) -m bench.engine_load --bundle $(BUNDLE) --clients $(BENCH_CLIENTS)
 	$(PY) -m bench.service_load --bundle $(BUNDLE) --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS)

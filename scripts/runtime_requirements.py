@@ -1,8 +1,8 @@
 """Print the runtime image's pip requirements, pinned exactly as in pyproject.toml.
 
-The image installs only what `python -m service` imports: no torch, no training packages. Versions
-come from pyproject.toml so they are written down once; a runtime package that is not pinned with
-`==` there is an error.
+pyproject.toml is the single source of truth: the runtime set is its `project.dependencies`
+(what `python -m service` imports: no torch, no training packages), the builder stage's tools are
+grpcio-tools from its `stubs` extra. A requirement that is not pinned with `==` is an error.
 
     python scripts/runtime_requirements.py [--ort-extras cuda,cudnn] [--pyproject pyproject.toml]
     python scripts/runtime_requirements.py --build     # grpcio-tools, for the builder stage
@@ -14,39 +14,45 @@ import argparse
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
-RUNTIME_PACKAGES = (
-    "onnxruntime-gpu",
-    "onnx",
-    "grpcio",
-    "grpcio-health-checking",
-    "grpcio-reflection",
-    "prometheus-client",
-    "pydantic",
-    "pydantic-settings",
-    "sentencepiece",
-    "numpy",
-)
-BUILD_PACKAGES = ("grpcio-tools",)  # the builder stage only: generates the gRPC stubs
+ORT = "onnxruntime-gpu"
+BUILD_PACKAGES = ("grpcio-tools",)  # from the stubs extra; the builder writes no .pyi files
 
 
-def pinned_versions(pyproject: Path) -> dict[str, str]:
-    """The `name==version` dependencies of pyproject.toml, as {name: version}."""
-    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    return dict(d.split("==", 1) for d in dependencies if "==" in d)
+def _project(pyproject: Path) -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads(pyproject.read_text())["project"]
+    return project
 
 
-def requirements(pyproject: Path, packages: tuple[str, ...], ort_extras: str = "") -> list[str]:
-    """One requirement line per package; onnxruntime-gpu with its extras if any."""
-    pins = pinned_versions(pyproject)
-    missing = [name for name in packages if name not in pins]
+def pinned(pyproject: Path, requirements: list[str]) -> dict[str, str]:
+    """{name: version} of `name==version` requirements; any other form is an error."""
+    pins: dict[str, str] = {}
+    for requirement in requirements:
+        name, sep, version = requirement.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise SystemExit(f"{pyproject}: {requirement.strip()!r} is not pinned with '=='")
+        pins[name.strip()] = version.strip()
+    return pins
+
+
+def runtime_requirements(pyproject: Path, ort_extras: str = "") -> list[str]:
+    """`project.dependencies`, one line each; onnxruntime-gpu with its extras if any."""
+    pins = pinned(pyproject, list(_project(pyproject)["dependencies"]))
+    return [
+        f"{name}[{ort_extras}]=={version}" if name == ORT and ort_extras else f"{name}=={version}"
+        for name, version in pins.items()
+    ]
+
+
+def build_requirements(pyproject: Path) -> list[str]:
+    """The builder stage's tools (grpcio-tools), at their pins in the `stubs` extra."""
+    stubs = _project(pyproject).get("optional-dependencies", {}).get("stubs", [])
+    pins = pinned(pyproject, list(stubs))
+    missing = [name for name in BUILD_PACKAGES if name not in pins]
     if missing:
-        raise SystemExit(f"{pyproject}: packages not pinned with '==': {missing}")
-    lines = []
-    for name in packages:
-        extras = f"[{ort_extras}]" if name == "onnxruntime-gpu" and ort_extras else ""
-        lines.append(f"{name}{extras}=={pins[name]}")
-    return lines
+        raise SystemExit(f"{pyproject}: not in the stubs extra: {missing}")
+    return [f"{name}=={pins[name]}" for name in BUILD_PACKAGES]
 
 
 def main() -> None:
@@ -56,9 +62,9 @@ def main() -> None:
     parser.add_argument("--build", action="store_true", help="the builder stage's tools instead")
     args = parser.parse_args()
     if args.build:
-        lines = requirements(args.pyproject, BUILD_PACKAGES)
+        lines = build_requirements(args.pyproject)
     else:
-        lines = requirements(args.pyproject, RUNTIME_PACKAGES, args.ort_extras)
+        lines = runtime_requirements(args.pyproject, args.ort_extras)
     sys.stdout.write("\n".join(lines) + "\n")
 
 

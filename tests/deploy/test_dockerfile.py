@@ -1,7 +1,8 @@
 """The Dockerfile passes hadolint, and the runtime image holds what the service imports.
 
 No image is built here (no container engine on CI); what a build would catch early is checked
-statically: the lint, the pinned runtime requirements, the build context.
+statically: the lint, the pinned runtime requirements (pyproject.toml's `project.dependencies`,
+also what `make serve` installs), the build context.
 """
 
 from __future__ import annotations
@@ -10,10 +11,18 @@ import ast
 import sys
 from pathlib import Path
 
-from scripts.runtime_requirements import RUNTIME_PACKAGES, requirements
+import pytest
+
+from scripts.runtime_requirements import build_requirements, runtime_requirements
 from tests.deploy.helpers import REPO, run
 
 HADOLINT = REPO / ".venv" / "bin" / "hadolint"
+PYPROJECT = REPO / "pyproject.toml"
+
+# Training and export only: none of these may reach the runtime image or `make serve`'s venv.
+TRAINING_PACKAGES = frozenset(
+    {"torch", "onnxscript", "safetensors", "sacrebleu", "babel", "num2words", "tqdm"}
+)
 
 # Top-level modules the service may import, by the distribution in the image that provides them.
 RUNTIME_MODULES = {
@@ -53,11 +62,29 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path):
         assert rule in output, output
 
 
+def requirement_name(line: str) -> str:
+    return line.split("==", 1)[0].split("[", 1)[0]
+
+
 def test_runtime_requirements_are_pinned_and_torch_free():
-    lines = requirements(REPO / "pyproject.toml", RUNTIME_PACKAGES, "cuda,cudnn")
+    lines = runtime_requirements(PYPROJECT, "cuda,cudnn")
     assert lines[0].startswith("onnxruntime-gpu[cuda,cudnn]==")
-    assert all("==" in line for line in lines)
-    assert not any(line.startswith(("torch", "onnxruntime==")) for line in lines)
+    assert all(len(line.split("==")) == 2 and line.split("==")[1] for line in lines), lines
+    names = {requirement_name(line) for line in lines}
+    assert not names & TRAINING_PACKAGES, names & TRAINING_PACKAGES
+    assert not names & {"onnxruntime", "grpcio-tools", "mypy-protobuf"}, names
+    assert runtime_requirements(PYPROJECT)[0].startswith("onnxruntime-gpu==")  # a CPU-only image
+
+
+def test_build_requirements_are_grpcio_tools_alone():
+    assert [requirement_name(line) for line in build_requirements(PYPROJECT)] == ["grpcio-tools"]
+
+
+def test_an_unpinned_runtime_requirement_is_an_error(tmp_path: Path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\ndependencies = ["numpy==2.4.6", "grpcio>=1.85"]\n')
+    with pytest.raises(SystemExit, match="grpcio"):
+        runtime_requirements(pyproject)
 
 
 def service_imports() -> set[str]:
@@ -77,7 +104,9 @@ def test_image_holds_every_module_the_service_imports():
     third_party = service_imports() - set(sys.stdlib_module_names) - {"service", "__future__"}
     missing = sorted(m for m in third_party if m not in RUNTIME_MODULES)
     assert not missing, f"service/ imports modules the runtime image does not install: {missing}"
-    assert {RUNTIME_MODULES[m] for m in third_party} <= set(RUNTIME_PACKAGES)
+    # project.dependencies is exactly what the service imports: nothing missing, nothing extra.
+    runtime = {requirement_name(line) for line in runtime_requirements(PYPROJECT)}
+    assert {RUNTIME_MODULES[m] for m in third_party} == runtime
 
 
 def test_build_context_has_what_the_dockerfile_copies():
