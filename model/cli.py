@@ -6,10 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from model.builtin_corpus import builtin_corpus
+from model.builtin_corpus import DEFAULT_SIZE, builtin_corpus, check_set
 from model.checkpoint import CheckpointError
-from model.corpus import Corpus, CorpusError, read_aligned, read_tsv, split_corpus
+from model.corpus import Corpus, CorpusError, Pair, read_aligned, read_tsv, split_corpus
 from model.tokenizer import UnknownLanguageError
 
 # Errors whose message is the whole story: printed on one line, exit status 2, no traceback.
@@ -27,7 +28,7 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target-file", type=Path, help="target side of a line-aligned corpus")
     group.add_argument("--target-lang", help="target language of a 2-column or line-aligned corpus")
     group.add_argument(
-        "--corpus-size", type=int, default=200_000, help="pairs in the built-in corpus"
+        "--corpus-size", type=int, default=DEFAULT_SIZE, help="pairs in the built-in corpus"
     )
     group.add_argument("--corpus-seed", type=int, default=1234, help="seed of the built-in corpus")
 
@@ -46,6 +47,18 @@ def corpus_from_args(args: argparse.Namespace) -> Corpus:
     if not corpus.train:
         raise CorpusError(f"{path}: no sentence pair landed in the train split")
     return corpus
+
+
+def corpus_description(args: argparse.Namespace) -> dict[str, Any]:
+    """What rebuilds the corpus: recorded in metrics.json and the bundle's manifest."""
+    if args.corpus == "builtin":
+        return {"name": "builtin", "size": args.corpus_size, "seed": args.corpus_seed}
+    return {"name": str(args.corpus), "target_file": str(args.target_file or "")}
+
+
+def check_pairs_of(args: argparse.Namespace, corpus: Corpus) -> list[Pair]:
+    """The built-in corpus's check set (numbers and dates of its own seed); none for a file."""
+    return check_set(corpus.train) if args.corpus == "builtin" else []
 
 
 def run_cli(main: Callable[[], None], extra_errors: tuple[type[Exception], ...] = ()) -> None:

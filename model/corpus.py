@@ -32,6 +32,7 @@ class Pair:
     lang: str  # target language code, e.g. "de"
     source: str
     target: str
+    kind: str = ""  # what the sentence is, e.g. "date" (the built-in corpus); "" for user corpora
 
 
 @dataclass

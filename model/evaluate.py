@@ -2,7 +2,9 @@
 
     python -m model.evaluate --checkpoint DIR [--corpus builtin|PATH ...]
 
-Writes DIR/metrics.json and prints a table per target language.
+Writes DIR/metrics.json and prints a table per target language and, for the built-in corpus, per
+kind of phrase (numbers, dates, names, units, ...) and on its check set (numbers and dates drawn
+with their own seed, none of them in the training split).
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import sacrebleu
 import torch
 
 from model.checkpoint import METRICS_FILE, load_model
-from model.cli import add_corpus_arguments, corpus_from_args, run_cli
+from model.cli import (
+    add_corpus_arguments,
+    check_pairs_of,
+    corpus_description,
+    corpus_from_args,
+    run_cli,
+)
 from model.corpus import Pair
 from model.data import pad
 from model.decoding import greedy_decode
@@ -43,17 +51,19 @@ def translate(
     return outputs
 
 
-def score(pairs: Sequence[Pair], hypotheses: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Exact match, chrF and BLEU per target language and over all of them."""
+def score(
+    pairs: Sequence[Pair], hypotheses: Sequence[str], by: str = "lang"
+) -> dict[str, dict[str, float]]:
+    """Exact match, chrF and BLEU per value of `by` ("lang" or "kind") and over all pairs."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, pair in enumerate(pairs):
-        groups[pair.lang].append(i)
+        groups[getattr(pair, by)].append(i)
         groups["all"].append(i)
     table = {}
-    for lang in sorted(groups, key=lambda g: (g == "all", g)):
-        refs = [pairs[i].target for i in groups[lang]]
-        hyps = [hypotheses[i] for i in groups[lang]]
-        table[lang] = {
+    for group in sorted(groups, key=lambda g: (g == "all", g)):
+        refs = [pairs[i].target for i in groups[group]]
+        hyps = [hypotheses[i] for i in groups[group]]
+        table[group] = {
             "sentences": len(refs),
             "exact_match": sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(refs),
             "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
@@ -62,31 +72,68 @@ def score(pairs: Sequence[Pair], hypotheses: Sequence[str]) -> dict[str, dict[st
     return table
 
 
-def format_table(table: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'lang':<6}{'sentences':>10}{'exact':>9}{'chrF':>8}{'BLEU':>8}"]
-    for lang, row in table.items():
+def format_table(table: dict[str, dict[str, float]], title: str = "lang") -> str:
+    width = max(len(title), *(len(group) for group in table)) + 2
+    lines = [f"{title:<{width}}{'sentences':>10}{'exact':>9}{'chrF':>8}{'BLEU':>8}"]
+    for group, row in table.items():
         lines.append(
-            f"{lang:<6}{row['sentences']:>10.0f}{row['exact_match']:>9.2%}{row['chrf']:>8.2f}{row['bleu']:>8.2f}"
+            f"{group:<{width}}{row['sentences']:>10.0f}{row['exact_match']:>9.2%}"
+            f"{row['chrf']:>8.2f}{row['bleu']:>8.2f}"
         )
     return "\n".join(lines)
 
 
-def evaluate(checkpoint: Path, pairs: Sequence[Pair]) -> dict[str, Any]:
-    """Score the checkpoint on `pairs`, write metrics.json beside it, and return the metrics."""
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The tables of `evaluate`'s metrics: per language, per kind, and of the check set."""
+    parts = [format_table(metrics["languages"])]
+    if metrics.get("kinds"):
+        parts.append(format_table(metrics["kinds"], "kind"))
+    if metrics.get("check_set"):
+        parts.append("check set (own seed, no source in the training split):")
+        parts.append(format_table(metrics["check_set"]["languages"]))
+        parts.append(format_table(metrics["check_set"]["kinds"], "kind"))
+    return "\n\n".join(parts)
+
+
+def _report(pairs: Sequence[Pair], hypotheses: Sequence[str]) -> dict[str, Any]:
+    report: dict[str, Any] = {"languages": score(pairs, hypotheses)}
+    if any(p.kind for p in pairs):
+        report["kinds"] = score(pairs, hypotheses, by="kind")
+    return report
+
+
+def evaluate(
+    checkpoint: Path,
+    pairs: Sequence[Pair],
+    check_pairs: Sequence[Pair] = (),
+    corpus: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score the checkpoint on `pairs` (and `check_pairs`), write metrics.json beside it.
+
+    `corpus` describes where the pairs come from (e.g. the built-in corpus's size and seed), so
+    that later checks can rebuild the same split.
+    """
     model, tokenizer = load_model(checkpoint)
     started = time.perf_counter()
     hypotheses = translate(model, tokenizer, pairs)
-    metrics = {
+    metrics: dict[str, Any] = {
         "split": "test",
+        "corpus": corpus or {},
         "decoding": "greedy",
         "seconds": round(time.perf_counter() - started, 2),
-        "languages": score(pairs, hypotheses),
-        "errors": [
-            {"lang": p.lang, "source": p.source, "reference": p.target, "output": h}
-            for p, h in zip(pairs, hypotheses, strict=True)
-            if p.target != h
-        ][:20],
+        **_report(pairs, hypotheses),
     }
+    errors = [(p, h) for p, h in zip(pairs, hypotheses, strict=True) if p.target != h]
+    if check_pairs:
+        check_hypotheses = translate(model, tokenizer, check_pairs)
+        metrics["check_set"] = _report(check_pairs, check_hypotheses)
+        errors += [
+            (p, h) for p, h in zip(check_pairs, check_hypotheses, strict=True) if p.target != h
+        ]
+    metrics["errors"] = [
+        {"lang": p.lang, "kind": p.kind, "source": p.source, "reference": p.target, "output": h}
+        for p, h in errors[:40]
+    ]
     (checkpoint / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return metrics
 
@@ -98,8 +145,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_corpus_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    metrics = evaluate(args.checkpoint, corpus_from_args(args).test)
-    print(format_table(metrics["languages"]))
+    corpus = corpus_from_args(args)
+    metrics = evaluate(
+        args.checkpoint, corpus.test, check_pairs_of(args, corpus), corpus_description(args)
+    )
+    print(format_metrics(metrics))
     print(f"metrics written to {args.checkpoint / METRICS_FILE}")
 
 

@@ -2,7 +2,10 @@
 
     python -m model.train --corpus builtin|PATH --preset small --out DIR [--resume]
 
-DIR receives the checkpoint (config, weights, tokenizer, trainer state) and metrics.json.
+DIR receives the checkpoint (config, weights, tokenizer, trainer state) and metrics.json. The preset
+fixes the architecture and the number of steps (model.training.TRAIN_PRESETS); any schedule option
+(--max-steps, --max-tokens, ...) overrides it. The seed is fixed, so the same command on the same
+machine gives the same weights.
 """
 
 from __future__ import annotations
@@ -22,13 +25,19 @@ from model.checkpoint import (
     load_model,
     load_trainer_state,
 )
-from model.cli import add_corpus_arguments, corpus_from_args, run_cli
+from model.cli import (
+    add_corpus_arguments,
+    check_pairs_of,
+    corpus_description,
+    corpus_from_args,
+    run_cli,
+)
 from model.config import PRESETS, ModelConfig
 from model.corpus import Corpus
 from model.data import tokenize
-from model.evaluate import evaluate, format_table
+from model.evaluate import evaluate, format_metrics
 from model.tokenizer import Tokenizer
-from model.training import TrainConfig, Trainer
+from model.training import TRAIN_PRESETS, TrainConfig, Trainer
 from model.transformer import Transformer
 
 VALID_SAMPLE = 400  # validation sentences decoded at every validation
@@ -66,19 +75,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--resume", action="store_true", help="continue from the checkpoint in --out"
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
-    defaults = TrainConfig()
+    schedule = parser.add_argument_group("schedule (defaults: the preset's)")
     for field in dataclasses.fields(TrainConfig):
-        parser.add_argument(
+        schedule.add_argument(
             f"--{field.name.replace('_', '-')}",
-            type=type(getattr(defaults, field.name)),
-            default=getattr(defaults, field.name),
+            type=type(getattr(TrainConfig(), field.name)),
+            help=f"default {getattr(TRAIN_PRESETS['small'], field.name)} for the small preset",
         )
     add_corpus_arguments(parser)
     args = parser.parse_args(argv)
-    train_config = TrainConfig(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    train_config = dataclasses.replace(
+        TRAIN_PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None}
     )
     torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
     torch.manual_seed(train_config.seed)
 
     corpus = corpus_from_args(args)
@@ -95,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"model: preset {args.preset}, {n_params / 1e6:.2f} M parameters,"
-        f" vocabulary {len(tokenizer)}"
+        f" vocabulary {len(tokenizer)}; {train_config.max_steps} steps"
+        f" of {train_config.max_tokens} tokens, seed {train_config.seed}"
     )
 
     max_len = model.config.max_positions
@@ -108,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     trainer.fit(train, valid)
 
     if corpus.test:
-        metrics = evaluate(args.out, corpus.test)
-        print(format_table(metrics["languages"]))
+        metrics = evaluate(
+            args.out, corpus.test, check_pairs_of(args, corpus), corpus_description(args)
+        )
+        print(format_metrics(metrics))
     else:
         print("the test split is empty: no evaluation")
 

@@ -19,6 +19,12 @@ from model.transformer import Transformer
 
 
 @pytest.fixture(scope="session")
+def default_corpus() -> Corpus:
+    """The built-in corpus the default model trains on (about 25 s to build)."""
+    return builtin_corpus()
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus() -> Corpus:
     return builtin_corpus(size=3000, seed=7)
 

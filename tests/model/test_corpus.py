@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+from datetime import date
 from pathlib import Path
 
 import pytest
 
-from model.builtin_corpus import LANGUAGES, builtin_corpus
+from model.builtin_corpus import (
+    KINDS,
+    LANGUAGES,
+    SMALL_NUMBERS,
+    builtin_corpus,
+    check_set,
+    date_phrase,
+    generate_pairs,
+    number_in_words,
+    spelled_unit,
+)
 from model.corpus import Corpus, CorpusError, Pair, read_aligned, read_tsv, split_corpus
 
 
@@ -110,3 +123,64 @@ def test_misaligned_files(tmp_path: Path) -> None:
     (tmp_path / "tgt.txt").write_text("uno\n")
     with pytest.raises(CorpusError, match=r"has 2 lines but .* has 1"):
         read_aligned(tmp_path / "src.txt", tmp_path / "tgt.txt", "es")
+
+
+def test_one_source_has_one_target_in_the_generator_stream() -> None:
+    targets: dict[tuple[str, str], set[str]] = {}
+    for pair in itertools.islice(generate_pairs(seed=11), 60_000):
+        targets.setdefault((pair.lang, pair.source), set()).add(pair.target)
+    assert len(targets) > 40_000
+    assert not {key: found for key, found in targets.items() if len(found) > 1}
+
+
+def test_a_date_two_styles_render_alike_gets_the_fuller_styles_target(
+    default_corpus: Corpus,
+) -> None:
+    # en medium and en long are both "May 24, 2010"; it medium "24 mag 2010", long "24 maggio".
+    assert date_phrase(date(2010, 5, 24), "medium", "it") == ("May 24, 2010", "24 maggio 2010")
+    assert date_phrase(date(2010, 9, 24), "medium", "it") == ("Sep 24, 2010", "24 set 2010")
+    may = [p for p in default_corpus.train if p.lang == "it" and p.source.startswith("May ")]
+    assert may and all(" maggio " in p.target for p in may if p.kind == "date")
+
+
+def test_default_corpus_covers_every_small_number_and_every_kind(default_corpus: Corpus) -> None:
+    everything = default_corpus.train + default_corpus.valid + default_corpus.test
+    cardinals = Counter(p.lang for p in everything if p.kind == "cardinal")
+    small = {(p.lang, p.source) for p in everything if p.kind == "cardinal"}
+    for lang in LANGUAGES:
+        assert (lang, "six") in small and (lang, "twenty-two") in small
+        assert (lang, "two thousand, nine hundred and ninety-nine") in small
+        assert cardinals[lang] > SMALL_NUMBERS
+    assert {p.kind for p in everything} == set(KINDS)
+    by_source: dict[tuple[str, str], str] = {}
+    for pair in everything:
+        assert by_source.setdefault((pair.lang, pair.source), pair.target) == pair.target
+
+
+def test_small_corpora_mix_the_same_kinds(tiny_corpus: Corpus) -> None:
+    kinds = {p.kind for p in tiny_corpus.train}
+    assert {"cardinal", "date", "currency", "unit"} <= kinds
+
+
+def test_numbers_in_words_agree_with_their_unit() -> None:
+    assert number_in_words(1, "de", "f") == "eine"
+    assert number_in_words(21, "es", "m") == "veintiún"
+    assert number_in_words(31, "es", "f") == "treinta y una"
+    assert number_in_words(200, "es", "f") == "doscientas"
+    assert number_in_words(21, "fr", "f") == "vingt et une"
+    assert number_in_words(81, "fr", "f") == "quatre-vingt-une"
+    assert number_in_words(1, "it", "m") == "un"
+    assert spelled_unit(21, "length-kilometer", "en_GB", "en") == "twenty-one kilometres"
+    assert spelled_unit(21, "length-kilometer", "es", "es") == "veintiún kilómetros"
+    assert spelled_unit(1, "duration-hour", "it", "it") == "un'ora"
+    assert spelled_unit(21, "duration-hour", "fr", "fr") == "vingt et une heures"
+    assert spelled_unit(3, "duration-year", "it", "it") is None  # CLDR has no Italian pattern
+
+
+def test_check_set_is_outside_training_and_in_its_ranges(default_corpus: Corpus) -> None:
+    pairs = check_set(default_corpus.train)
+    train = {(p.lang, p.source) for p in default_corpus.train}
+    assert not {(p.lang, p.source) for p in pairs} & train
+    counts = Counter((p.lang, p.kind) for p in pairs)
+    assert counts == {(lang, kind): 250 for lang in LANGUAGES for kind in ("cardinal", "date")}
+    assert pairs == check_set(default_corpus.train), "deterministic"

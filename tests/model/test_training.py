@@ -16,6 +16,7 @@ from model.data import collate, length_buckets, tokenize
 from model.tokenizer import Tokenizer
 from model.training import TrainConfig, Trainer, learning_rate
 from model.transformer import Transformer
+from service.bundle import sha256_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,3 +165,18 @@ def test_cli_resume_from_corrupt_or_mismatched_checkpoint(small_tsv: Path, tmp_p
     assert corrupt.returncode == 2
     assert "corrupt trainer state" in corrupt.stderr
     assert "Traceback" not in corrupt.stderr
+
+
+def test_the_same_command_gives_the_same_weights(tmp_path: Path) -> None:
+    """Training ends at a step count and every source of randomness is seeded."""
+    common = ("--corpus", "builtin", "--corpus-size", "1500", "--max-steps", "12")
+    runs = {
+        name: run_train(*common, "--out", str(tmp_path / name), *extra)
+        for name, extra in (("first", ()), ("again", ()), ("other_seed", ("--seed", "2")))
+    }
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr
+    assert "12/12" in runs["first"].stderr  # the progress bar counts steps against the total
+    digests = {name: sha256_of(tmp_path / name / "model.safetensors") for name in runs}
+    assert digests["first"] == digests["again"]
+    assert digests["first"] != digests["other_seed"]
