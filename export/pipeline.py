@@ -100,7 +100,8 @@ def _training_metrics(checkpoint: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     metrics = json.loads(path.read_text())
-    return {"split": metrics.get("split"), "languages": metrics.get("languages")}
+    keys = ("split", "corpus", "decoding", "languages", "kinds", "check_set")
+    return {key: metrics[key] for key in keys if key in metrics}
 
 
 def _parity_sources(
