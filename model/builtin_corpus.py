@@ -396,9 +396,10 @@ def generate_pairs(seed: int, languages: tuple[str, ...] = LANGUAGES) -> Iterato
 
 
 DEFAULT_SIZE = 200_000
+DEFAULT_SEED = 1234
 
 
-def builtin_corpus(size: int = DEFAULT_SIZE, seed: int = 1234) -> Corpus:
+def builtin_corpus(size: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED) -> Corpus:
     """`size` distinct pairs, cut into train (~94 %), valid (~2 %) and test (~4 %) by source.
 
     From DEFAULT_SIZE up, every enumerated pair is in; a smaller corpus holds a seeded sample of

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model.builtin_corpus import DEFAULT_SIZE, builtin_corpus, check_set
+from model.builtin_corpus import DEFAULT_SEED, DEFAULT_SIZE, builtin_corpus, check_set
 from model.checkpoint import CheckpointError
 from model.corpus import Corpus, CorpusError, Pair, read_aligned, read_tsv, split_corpus
 from model.tokenizer import UnknownLanguageError
@@ -30,7 +30,9 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--corpus-size", type=int, default=DEFAULT_SIZE, help="pairs in the built-in corpus"
     )
-    group.add_argument("--corpus-seed", type=int, default=1234, help="seed of the built-in corpus")
+    group.add_argument(
+        "--corpus-seed", type=int, default=DEFAULT_SEED, help="seed of the built-in corpus"
+    )
 
 
 def corpus_from_args(args: argparse.Namespace) -> Corpus:

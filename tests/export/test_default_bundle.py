@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from export.reference_decoder import ReferenceDecoder
-from model.builtin_corpus import builtin_corpus
+from model.builtin_corpus import DEFAULT_SEED, DEFAULT_SIZE
 from model.checkpoint import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_config
-from model.corpus import Pair
+from model.corpus import Corpus, Pair
 from model.tokenizer import Tokenizer
 from service.bundle import Bundle, load_bundle, sha256_of
 
@@ -57,11 +57,15 @@ def test_the_shipped_checkpoint_is_the_one_the_bundle_was_exported_from(bundle: 
 
 
 def test_a_sample_of_its_test_split_scores_what_the_manifest_records(
-    bundle: Bundle, reference: ReferenceDecoder
+    bundle: Bundle, reference: ReferenceDecoder, default_corpus: Corpus
 ) -> None:
-    corpus_spec = bundle.manifest.raw["training"]["corpus"]
-    assert corpus_spec["name"] == "builtin"
-    test = builtin_corpus(corpus_spec["size"], corpus_spec["seed"]).test
+    # The session's default corpus (shared with the corpus tests) is the one it trained on.
+    assert bundle.manifest.raw["training"]["corpus"] == {
+        "name": "builtin",
+        "size": DEFAULT_SIZE,
+        "seed": DEFAULT_SEED,
+    }
+    test = default_corpus.test
     recorded = bundle.manifest.raw["parity"]["test_split"]["all"]
     assert recorded["sentences"] == len(test), "the corpus no longer rebuilds the same test split"
     sample = test[:: max(1, len(test) // SAMPLE)][:SAMPLE]
