@@ -18,6 +18,7 @@ from model.builtin_corpus import (
     date_phrase,
     generate_pairs,
     number_in_words,
+    pinned_sources,
     spelled_unit,
 )
 from model.corpus import Corpus, CorpusError, Pair, read_aligned, read_tsv, split_corpus
@@ -155,6 +156,25 @@ def test_default_corpus_covers_every_small_number_and_every_kind(default_corpus:
     by_source: dict[tuple[str, str], str] = {}
     for pair in everything:
         assert by_source.setdefault((pair.lang, pair.source), pair.target) == pair.target
+
+
+def test_closed_lists_a_user_tries_first_always_train(default_corpus: Corpus) -> None:
+    pinned = pinned_sources()
+    assert {"sixteen", "ninety-nine", "Tuesday", "September"} <= pinned
+    assert "one hundred" not in pinned
+    held_out = {p.source for p in default_corpus.valid + default_corpus.test}
+    assert not pinned & held_out
+    trained = {(p.lang, p.source) for p in default_corpus.train}
+    assert all((lang, source) in trained for lang in LANGUAGES for source in pinned)
+
+
+def test_pinned_sources_train_whatever_their_hash() -> None:
+    pairs = [Pair("de", f"sentence {i}", f"Satz {i}") for i in range(300)]
+    everywhere = split_corpus(pairs)
+    assert everywhere.test and everywhere.valid
+    pinned = split_corpus(pairs, frozenset(p.source for p in everywhere.test))
+    assert not pinned.test and pinned.valid == everywhere.valid
+    assert len(pinned.train) == len(everywhere.train) + len(everywhere.test)
 
 
 def test_small_corpora_mix_the_same_kinds(tiny_corpus: Corpus) -> None:
