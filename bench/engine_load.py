@@ -24,9 +24,10 @@ from service.metrics import Metrics
 from service.pb.translator.v1 import translator_pb2 as pb
 from service.runner import Seq2SeqRunner
 from service.scheduler import BatchScheduler, SchedulerLimits
+from service.server import decoding_defaults, decoding_rules
 from service.sessions import OrtSessions
 from service.settings import ServiceSettings
-from service.tokenizer import SourceTokenizer
+from service.tokenizer import load_tokenizer
 from service.types import Segment
 from service.validation import RequestValidator, ServiceLimits
 
@@ -50,7 +51,7 @@ def build_load(bundle_path: Path, threads: int) -> tuple[Seq2SeqRunner, list[Seg
     bundle = load_bundle(bundle_path)
     manifest = bundle.manifest
     sessions = OrtSessions(bundle, "cpu", threads)
-    tokenizer = SourceTokenizer(bundle.tokenizer_path, manifest.languages, manifest.special_tokens)
+    tokenizer = load_tokenizer(bundle)
     defaults = ServiceSettings()
     limits = ServiceLimits(
         source_language=manifest.source_language,
@@ -60,6 +61,7 @@ def build_load(bundle_path: Path, threads: int) -> tuple[Seq2SeqRunner, list[Seg
         max_segments=1,
         max_beam_size=1,
         max_tokens_in_flight=defaults.max_tokens_in_flight,
+        defaults=decoding_defaults(manifest),
     )
     validator = RequestValidator(tokenizer, limits)
     options = validator.options(pb.DecodingOptions())
@@ -67,7 +69,7 @@ def build_load(bundle_path: Path, threads: int) -> tuple[Seq2SeqRunner, list[Seg
         validator.segments([text.encode()], lang, "", options)[0]
         for text, lang in bench_sentences()
     ]
-    return Seq2SeqRunner(sessions, manifest.special_tokens), segments
+    return Seq2SeqRunner(sessions, manifest.special_tokens, decoding_rules(manifest)), segments
 
 
 async def _load(

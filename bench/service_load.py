@@ -132,7 +132,7 @@ async def _client(
 async def _load(
     address: str, sentences: list[tuple[str, str]], args: argparse.Namespace, seconds: float
 ) -> tuple[list[float], int, int]:
-    options = pb.DecodingOptions(beam_size=args.beam)
+    options = pb.DecodingOptions(beam_size=args.beam, max_output_tokens=args.max_output_tokens)
     stop_at = time.perf_counter() + seconds
     runs = await asyncio.gather(
         *(_client(address, sentences, stop_at, 17 * i, options) for i in range(args.clients))
@@ -163,6 +163,8 @@ def measure(configs: list[tuple[str, dict[str, str]]], args: argparse.Namespace)
             servers.append(ServerProcess(args.bundle, env))
         tallies = [_Tally() for _ in configs]
         sentences = bench_sentences()
+        if args.target_language:  # another model's pair: the same English sources
+            sentences = [(text, args.target_language) for text, _ in sentences]
         for server in servers:
             asyncio.run(_load(f"127.0.0.1:{server.port}", sentences, args, args.warmup))
         for _ in range(args.rounds):
@@ -236,6 +238,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=4, help="alternations of the configurations")
+    parser.add_argument("--target-language", help="translate every sentence into this language")
+    parser.add_argument(
+        "--max-output-tokens", type=int, default=0, help="per request; 0: the server's default"
+    )
+    parser.add_argument("--batched-only", action="store_true", help="skip the unbatched server")
+    parser.add_argument("--results-name", default="service_load", help="bench/results/NAME.json")
     # One ONNX Runtime thread by default: on a 2-core machine the clients and the server's event
     # loop need the other core (two threads measured 3-4x slower there under load).
     parser.add_argument("--threads", default=os.environ.get("TRANSLATOR_THREADS", "1"))
@@ -245,10 +253,12 @@ def main() -> None:
         (f"batched (max rows {configured})", {"TRANSLATOR_MAX_ACTIVE_ROWS": configured}),
         ("unbatched (max rows 1)", {"TRANSLATOR_MAX_ACTIVE_ROWS": "1"}),
     ]
+    if args.batched_only:
+        runs = runs[:1]
     threads = {"TRANSLATOR_THREADS": str(args.threads)}
     results = measure([(name, env | threads) for name, env in runs], args)
     _print(results)
-    write_results("service_load", [asdict(r) for r in results])
+    write_results(args.results_name, [asdict(r) for r in results])
 
 
 def write_results(name: str, rows: list[dict[str, object]]) -> None:

@@ -4,6 +4,10 @@
 
 Load -> export the two graphs -> (quantize) -> check parity -> score on the test split -> write
 the manifest -> verify the bundle as the service will -> rename into place.
+
+An imported checkpoint (`python -m model.import_hf`) is scored on a test split only when one is
+named with --corpus: the built-in corpus is this repository's own language pairs. It is compared
+with transformers' own model when transformers is installed.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 
 from export.parity import ParityError
 from export.pipeline import PRECISIONS, ExportError, export_bundle
-from model.checkpoint import load_model
+from model.checkpoint import load_config, load_model
 from model.cli import add_corpus_arguments, corpus_from_args, run_cli
 from service.bundle import BundleError
 
@@ -34,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_model(args.checkpoint)  # fail on a bad checkpoint before building the corpus
-    test_pairs = corpus_from_args(args).test
+    imported = bool(load_config(args.checkpoint).origin)
+    test_pairs = [] if imported and args.corpus == "builtin" else corpus_from_args(args).test
     manifest = export_bundle(args.checkpoint, args.out, args.precision, test_pairs, args.threads)
     print(f"bundle written to {args.out} ({args.precision}, version {manifest['version']})")
     print(json.dumps(manifest["parity"], indent=2))

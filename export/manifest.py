@@ -8,9 +8,24 @@ from typing import Any
 
 import onnx
 
-from model.config import ModelConfig
-from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
-from service.bundle import DECODER_FILE, ENCODER_FILE, FORMAT_VERSION, TOKENIZER_FILE, sha256_of
+from model.checkpoint import CheckpointConfig, CheckpointTokenizer
+from model.tokenizer import Tokenizer
+from service.bundle import DECODER_FILE, ENCODER_FILE, FORMAT_VERSION, TOKENIZER_FILES, sha256_of
+
+# A model trained here: greedy by default, the service's per-source output cap, native beam rules.
+NATIVE_DECODING: dict[str, Any] = {
+    "beam_size": 1,
+    "max_new_tokens": 0,
+    "length_penalty": 1.0,
+    "n_best": 1,
+    "rules": {
+        "suppress_tokens": [],
+        "forced_eos": False,
+        "renormalize": False,
+        "beam": "native",
+        "early_stopping": False,
+    },
+}
 
 _DTYPES = {
     onnx.TensorProto.INT64: "int64",
@@ -38,18 +53,31 @@ def graph_io(path: Path) -> dict[str, Any]:
     return {"file": path.name, "inputs": describe(graph.input), "outputs": describe(graph.output)}
 
 
+def target_languages(
+    checkpoint: CheckpointConfig, tokenizer: CheckpointTokenizer
+) -> dict[str, int | None]:
+    """Target language -> its language token id; None for the only target of a model without."""
+    if isinstance(tokenizer, Tokenizer):
+        return {lang: tokenizer.lang_id(lang) for lang in tokenizer.languages}
+    if tokenizer.languages:
+        return dict(sorted(tokenizer.languages.items()))
+    return dict.fromkeys(checkpoint.languages)
+
+
 def build_manifest(
     directory: Path,
     name: str,
-    config: ModelConfig,
-    tokenizer: Tokenizer,
+    checkpoint: CheckpointConfig,
+    tokenizer: CheckpointTokenizer,
     precision: str,
     opset: int,
     training: dict[str, Any],
     parity: dict[str, Any],
 ) -> dict[str, Any]:
     """The manifest of the bundle staged in `directory`, where graphs and tokenizer already are."""
-    files = {f: sha256_of(directory / f) for f in (ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE)}
+    config = checkpoint.model
+    names = (ENCODER_FILE, DECODER_FILE, *TOKENIZER_FILES[checkpoint.tokenizer])
+    files = {f: sha256_of(directory / f) for f in names}
     return {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -58,9 +86,16 @@ def build_manifest(
         "model": config.to_dict(),
         "precision": precision,
         "opset": opset,
-        "special_tokens": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
-        "source_language": "en",
-        "languages": {lang: tokenizer.lang_id(lang) for lang in tokenizer.languages},
+        "tokenizer": checkpoint.tokenizer,
+        "special_tokens": {
+            "pad": config.pad_id,
+            "unk": config.unk_id,
+            "bos": config.decoder_start_id,
+            "eos": config.eos_id,
+        },
+        "source_language": checkpoint.source_language,
+        "languages": target_languages(checkpoint, tokenizer),
+        "decoding": checkpoint.generation or NATIVE_DECODING,
         "limits": {
             # A source holds its language token and </s>; positions index the sinusoidal table.
             "max_source_tokens": config.max_positions,
@@ -71,6 +106,7 @@ def build_manifest(
             "decoder": graph_io(directory / DECODER_FILE),
         },
         "files": files,
+        "origin": checkpoint.origin,
         "training": training,
         "parity": parity,
     }

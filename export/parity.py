@@ -12,7 +12,6 @@ import torch
 from export.reference_decoder import KVList, ReferenceDecoder
 from model.data import pad
 from model.decoding import greedy_decode
-from model.tokenizer import BOS_ID
 from model.transformer import Transformer
 
 # fp32 logits and K/V, ORT vs PyTorch: the largest absolute difference, divided by the tensor's
@@ -143,7 +142,7 @@ def _decode_forced(
     batch = len(sources)
     past: KVList = reference.empty_past(batch)
     tgt_mask = np.zeros((batch, 0), dtype=np.int64)
-    tokens = np.full(batch, BOS_ID, dtype=np.int64)
+    tokens = np.full(batch, reference.bos_id, dtype=np.int64)
     logits_per_row: list[list[np.ndarray]] = [[] for _ in range(batch)]
     for step in range(steps + max(starts)):
         active = np.array([step >= s for s in starts])
@@ -157,7 +156,9 @@ def _decode_forced(
         vocab = logits.shape[1]
         tokens = np.array(
             [
-                _forced_token(row_ids[r], max(step - starts[r], 0), vocab) if active[r] else BOS_ID
+                _forced_token(row_ids[r], max(step - starts[r], 0), vocab)
+                if active[r]
+                else reference.bos_id
                 for r in range(batch)
             ],
             dtype=np.int64,

@@ -15,21 +15,21 @@ from typing import Any
 
 import torch
 
+from export.hf_parity import transformers_logits_diff
 from export.manifest import build_manifest
 from export.onnx_export import OPSET, export_decoder, export_encoder
-from export.parity import check_parity
+from export.parity import TOLERANCE, ParityError, check_parity
 from export.quality import score_bundle
 from export.quantize import quantize_int8
 from export.reference_decoder import ReferenceDecoder
-from model.checkpoint import METRICS_FILE, load_model
+from model.checkpoint import METRICS_FILE, CheckpointTokenizer, load_config, load_model
 from model.corpus import Pair
-from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 from service.bundle import (
     DECODER_FILE,
     ENCODER_FILE,
     MANIFEST_FILE,
-    TOKENIZER_FILE,
+    TOKENIZER_FILES,
     Bundle,
     Manifest,
     load_bundle,
@@ -71,17 +71,21 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Export `checkpoint` to the bundle directory `out`; returns the manifest."""
     model, tokenizer = load_model(checkpoint)
+    saved = load_config(checkpoint)
     staging = _staging_directory(out)
     try:
         write_graphs(model, staging, precision)
-        tokenizer.save(staging / TOKENIZER_FILE)
+        for name in TOKENIZER_FILES[saved.tokenizer]:
+            shutil.copyfile(checkpoint / name, staging / name)
         training = _training_metrics(checkpoint)
         manifest = build_manifest(
-            staging, out.name, model.config, tokenizer, precision, OPSET, training, {}
+            staging, out.name, saved, tokenizer, precision, OPSET, training, {}
         )
         reference = ReferenceDecoder(Bundle(staging, Manifest(manifest)), threads=threads)
         sources = _parity_sources(tokenizer, test_pairs, model.config.vocab_size)
         parity: dict[str, Any] = check_parity(model, reference, sources, gate=precision == "fp32")
+        if saved.origin:
+            parity |= _against_transformers(model, saved.origin, gate=precision == "fp32")
         if test_pairs:
             parity["test_split"] = score_bundle(model, tokenizer, reference, test_pairs)
         manifest["parity"] = parity
@@ -104,8 +108,24 @@ def _training_metrics(checkpoint: Path) -> dict[str, Any]:
     return {key: metrics[key] for key in keys if key in metrics}
 
 
+def _against_transformers(
+    model: Transformer, origin: dict[str, Any], gate: bool
+) -> dict[str, float]:
+    """An imported model's logits against transformers' own model of the directory it came
+    from, when transformers is installed and the directory is still there."""
+    diff = transformers_logits_diff(model, Path(origin.get("path", "")))
+    if diff is None:
+        return {}
+    if gate and diff > TOLERANCE:
+        raise ParityError(
+            f"the imported model disagrees with transformers: logits differ by {diff:.3g}"
+            f" (limit {TOLERANCE:g})"
+        )
+    return {"transformers_max_abs_diff": diff}
+
+
 def _parity_sources(
-    tokenizer: Tokenizer, pairs: Sequence[Pair], vocab_size: int
+    tokenizer: CheckpointTokenizer, pairs: Sequence[Pair], vocab_size: int
 ) -> list[list[int]]:
     """Real test sentences when there are some, otherwise fixed pseudo-random ids."""
     if pairs:

@@ -6,17 +6,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from export.reference_decoder import ReferenceDecoder
+from model.checkpoint import CheckpointTokenizer
 from model.corpus import Pair
 from model.data import pad
 from model.decoding import greedy_decode
-from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
 BATCH = 64
 
 
 def score_bundle(
-    model: Transformer, tokenizer: Tokenizer, reference: ReferenceDecoder, pairs: Sequence[Pair]
+    model: Transformer,
+    tokenizer: CheckpointTokenizer,
+    reference: ReferenceDecoder,
+    pairs: Sequence[Pair],
 ) -> dict[str, Any]:
     """Greedy outputs of the bundle (ONNX Runtime) and of the model (PyTorch fp32) on `pairs`.
 

@@ -1,17 +1,22 @@
 """Checkpoints on disk: weights in safetensors, config and tokenizer beside them. No pickled code.
 
-DIR/config.json          model config + target languages
+DIR/config.json          model config, source and target languages, tokenizer kind; for an
+                         imported model also its decoding defaults and rules and its origin
 DIR/model.safetensors    weights
-DIR/tokenizer.model      sentencepiece
+DIR/tokenizer.model      sentencepiece (tokenizer "sentencepiece": trained by model.train)
+DIR/source.spm, target.spm, vocab.json   (tokenizer "marian": imported by model.import_hf)
 DIR/trainer_state.pt     optimizer and schedule state for resuming (tensors only)
 DIR/metrics.json         evaluation on the test split, written by model.evaluate
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.config import ModelConfig
+from model.importers import Imported
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
+from service.bundle import TOKENIZER_FILES
+from service.tokenizer import MarianTokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -32,6 +40,30 @@ METRICS_FILE = "metrics.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not match its config."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """config.json; the defaults are those of a model trained here (older files lack them)."""
+
+    model: ModelConfig
+    languages: list[str]  # target languages
+    source_language: str = "en"
+    tokenizer: str = "sentencepiece"  # a kind of service/bundle.py TOKENIZER_FILES
+    generation: dict[str, Any] | None = None  # decoding defaults and rules of an imported model
+    origin: dict[str, Any] = field(default_factory=dict)  # where an imported model came from
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["model"] = self.model.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CheckpointConfig:
+        return cls(**{**values, "model": ModelConfig.from_dict(values["model"])})
+
+
+CheckpointTokenizer = Tokenizer | MarianTokenizer
 
 
 def _write_atomically(path: Path, write: Any) -> None:
@@ -55,14 +87,38 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     config = {"model": model.config.to_dict(), "languages": list(tokenizer.languages)}
     _write_atomically(directory / TOKENIZER_FILE, tokenizer.save)
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(weights, str(p)))
+    _write_weights(directory, model.state_dict())
     if trainer_state is not None:
         _write_atomically(directory / TRAINER_STATE_FILE, lambda p: torch.save(trainer_state, p))
-    # The config goes last: a directory with a config.json holds a complete checkpoint.
-    _write_atomically(
-        directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n")
+    _write_config(directory, config)
+
+
+def save_imported(directory: Path, imported: Imported) -> None:
+    """A checkpoint of an imported model: its weights, tokenizer files and config."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, source in imported.tokenizer_files.items():
+        _write_atomically(directory / name, lambda p, s=source: shutil.copyfile(s, p))
+    _write_weights(directory, imported.weights)
+    config = CheckpointConfig(
+        model=imported.config,
+        languages=imported.languages,
+        source_language=imported.source_language,
+        tokenizer=imported.tokenizer,
+        generation=imported.generation,
+        origin=imported.origin,
     )
+    _write_config(directory, config.to_dict())
+
+
+def _write_weights(directory: Path, state: dict[str, torch.Tensor]) -> None:
+    weights = {k: v.detach().contiguous() for k, v in state.items()}
+    _write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(weights, str(p)))
+
+
+def _write_config(directory: Path, config: dict[str, Any]) -> None:
+    """The config goes last: a directory with a config.json holds a complete checkpoint."""
+    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    _write_atomically(directory / CONFIG_FILE, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def _require(directory: Path, name: str) -> Path:
@@ -74,31 +130,38 @@ def _require(directory: Path, name: str) -> Path:
     return path
 
 
-def load_config(directory: Path) -> tuple[ModelConfig, list[str]]:
+def load_config(directory: Path) -> CheckpointConfig:
     path = _require(directory, CONFIG_FILE)
     try:
-        values = json.loads(path.read_text())
-        return ModelConfig.from_dict(values["model"]), list(values["languages"])
+        config = CheckpointConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a valid checkpoint config ({error})") from error
+    if config.tokenizer not in TOKENIZER_FILES:
+        raise CheckpointError(
+            f"{path}: unknown tokenizer {config.tokenizer!r}; known: {sorted(TOKENIZER_FILES)}"
+        )
+    return config
 
 
-def load_tokenizer(directory: Path) -> Tokenizer:
-    path = _require(directory, TOKENIZER_FILE)
+def load_tokenizer(directory: Path, kind: str = "sentencepiece") -> CheckpointTokenizer:
+    paths = [_require(directory, name) for name in TOKENIZER_FILES[kind]]
     try:
-        return Tokenizer.load(path)
-    except (RuntimeError, OSError) as error:
-        raise CheckpointError(f"{path}: not a sentencepiece model ({error})") from error
+        if kind == "marian":
+            return MarianTokenizer(*paths)
+        return Tokenizer.load(paths[0])
+    except (RuntimeError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{paths[0]}: not a {kind} tokenizer ({error})") from error
 
 
-def load_model(directory: Path) -> tuple[Transformer, Tokenizer]:
+def load_model(directory: Path) -> tuple[Transformer, CheckpointTokenizer]:
     """Load the model in eval mode and its tokenizer, checking weights against the config."""
-    config, _ = load_config(directory)
-    tokenizer = load_tokenizer(directory)
+    saved = load_config(directory)
+    config, kind = saved.model, saved.tokenizer
+    tokenizer = load_tokenizer(directory, kind)
     if len(tokenizer) != config.vocab_size:
         raise CheckpointError(
-            f"{directory / TOKENIZER_FILE}: {len(tokenizer)} pieces, but the config says"
-            f" vocab_size={config.vocab_size}"
+            f"{directory / TOKENIZER_FILES[kind][-1]}: {len(tokenizer)} tokens, but the config"
+            f" says vocab_size={config.vocab_size}"
         )
     path = _require(directory, WEIGHTS_FILE)
     try:

@@ -1,4 +1,9 @@
-"""Model configuration: one frozen dataclass and the named presets."""
+"""Model configuration: one frozen dataclass and the named presets.
+
+The architecture's variable parts are data, so that one `Transformer` covers the paper's model
+(the defaults: what `model.train` builds) and imported ones (Marian / OPUS-MT: swish, positions
+as a sine half then a cosine half, a final logits bias, pad as the decoder start token).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+ACTIVATIONS = ("relu", "swish", "gelu")  # swish = SiLU; gelu = the exact (erf) GELU
+NORM_POSITIONS = ("post", "pre")  # post: LN(x + f(x)), the paper; pre: x + f(LN(x)), final LN
+POSITION_LAYOUTS = ("interleaved", "halves")  # sin/cos interleaved (the paper), or sin | cos
 
 
 @dataclass(frozen=True)
@@ -21,6 +30,16 @@ class ModelConfig:
     n_decoder_layers: int = 3
     dropout: float = 0.0  # training only; the decode path runs in eval mode
     max_positions: int = 256  # rows of the sinusoidal table: the longest source or target
+    activation: str = "relu"  # of the FFN's inner layer, one of ACTIVATIONS
+    norm_position: str = "post"  # one of NORM_POSITIONS
+    scale_embedding: bool = True  # token embeddings times sqrt(d_model)
+    position_layout: str = "interleaved"  # one of POSITION_LAYOUTS
+    logits_bias: bool = False  # a learned (V,) bias added to the output logits
+    # Special token ids. The decoder starts from `decoder_start_id` (the paper's <s>; Marian: pad).
+    pad_id: int = 0
+    unk_id: int = 1
+    decoder_start_id: int = 2
+    eos_id: int = 3
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -32,6 +51,18 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (
+            ("activation", ACTIVATIONS),
+            ("norm_position", NORM_POSITIONS),
+            ("position_layout", POSITION_LAYOUTS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
+        for name in ("pad_id", "unk_id", "decoder_start_id", "eos_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(
+                    f"{name} {getattr(self, name)} out of range [0, {self.vocab_size})"
+                )
 
     @property
     def head_dim(self) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from model.transformer import Transformer
 
 
@@ -22,10 +21,11 @@ def greedy_decode(
     Returns:
         Per row, the generated ids without `<s>`, ending with `</s>` unless cut by the limit.
     """
-    batch = src_ids.shape[0]
+    batch, ids = src_ids.shape[0], model.config
     cross = model.cross_kv(model.encode(src_ids, src_mask))
     past = model.empty_kv(batch, src_ids.device)
-    tokens = torch.full((batch, 1), BOS_ID, dtype=torch.int64, device=src_ids.device)  # (B, 1)
+    start = ids.decoder_start_id
+    tokens = torch.full((batch, 1), start, dtype=torch.int64, device=src_ids.device)  # (B, 1)
     tgt_mask = torch.ones((batch, 0), dtype=torch.int64, device=src_ids.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=src_ids.device)
     out: list[Tensor] = []
@@ -34,13 +34,13 @@ def greedy_decode(
         tgt_mask = torch.cat([tgt_mask, torch.ones_like(tokens)], dim=1)  # (B, P+1)
         logits, past = model.decode_step(tokens, positions, tgt_mask, src_mask, past, cross)
         next_tokens = logits[:, -1].argmax(dim=-1)  # (B,)
-        next_tokens = torch.where(finished, PAD_ID, next_tokens)
+        next_tokens = torch.where(finished, ids.pad_id, next_tokens)
         out.append(next_tokens)
-        finished |= next_tokens == EOS_ID
+        finished |= next_tokens == ids.eos_id
         if bool(finished.all()):
             break
         tokens = next_tokens[:, None]
-    return _trim(torch.stack(out, dim=1))
+    return _trim(torch.stack(out, dim=1), ids.eos_id)
 
 
 @torch.no_grad()
@@ -48,22 +48,23 @@ def greedy_decode_full(
     model: Transformer, src_ids: Tensor, src_mask: Tensor, max_new_tokens: int
 ) -> list[list[int]]:
     """Greedy search that re-runs the whole decoder on the whole prefix at every step."""
-    batch = src_ids.shape[0]
-    tgt = torch.full((batch, 1), BOS_ID, dtype=torch.int64, device=src_ids.device)  # (B, 1)
+    batch, ids = src_ids.shape[0], model.config
+    start = ids.decoder_start_id
+    tgt = torch.full((batch, 1), start, dtype=torch.int64, device=src_ids.device)  # (B, 1)
     finished = torch.zeros(batch, dtype=torch.bool, device=src_ids.device)
     for _ in range(max_new_tokens):
         logits = model(src_ids, src_mask, tgt, torch.ones_like(tgt))  # (B, T, V)
-        next_tokens = torch.where(finished, PAD_ID, logits[:, -1].argmax(dim=-1))
+        next_tokens = torch.where(finished, ids.pad_id, logits[:, -1].argmax(dim=-1))
         tgt = torch.cat([tgt, next_tokens[:, None]], dim=1)
-        finished |= next_tokens == EOS_ID
+        finished |= next_tokens == ids.eos_id
         if bool(finished.all()):
             break
-    return _trim(tgt[:, 1:])
+    return _trim(tgt[:, 1:], ids.eos_id)
 
 
-def _trim(generated: Tensor) -> list[list[int]]:
+def _trim(generated: Tensor, eos_id: int) -> list[list[int]]:
     """Rows of (B, N) ids cut after their first `</s>`."""
     rows = []
     for row in generated.tolist():
-        rows.append(row[: row.index(EOS_ID) + 1] if EOS_ID in row else row)
+        rows.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
     return rows

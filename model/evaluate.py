@@ -20,7 +20,7 @@ from typing import Any
 import sacrebleu
 import torch
 
-from model.checkpoint import METRICS_FILE, load_model
+from model.checkpoint import METRICS_FILE, CheckpointTokenizer, load_model
 from model.cli import (
     add_corpus_arguments,
     check_pairs_of,
@@ -31,12 +31,14 @@ from model.cli import (
 from model.corpus import Pair
 from model.data import pad
 from model.decoding import greedy_decode
-from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
 
 def translate(
-    model: Transformer, tokenizer: Tokenizer, pairs: Sequence[Pair], batch_size: int = 256
+    model: Transformer,
+    tokenizer: CheckpointTokenizer,
+    pairs: Sequence[Pair],
+    batch_size: int = 256,
 ) -> list[str]:
     """Greedy translations of `pairs`' sources into their target languages, in order."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].source))

@@ -52,7 +52,7 @@ def build_fresh(corpus: Corpus, preset: str) -> tuple[Transformer, Tokenizer]:
 
 
 def resume(out: Path, preset: str) -> tuple[Transformer, Tokenizer, dict[str, object]]:
-    saved, _ = load_config(out)
+    saved = load_config(out).model
     wanted = ModelConfig.from_name(preset, vocab_size=saved.vocab_size)
     if saved != wanted:
         diff = {
@@ -64,6 +64,8 @@ def resume(out: Path, preset: str) -> tuple[Transformer, Tokenizer, dict[str, ob
             f"{out}: the checkpoint does not match preset {preset!r} (checkpoint vs preset: {diff})"
         )
     model, tokenizer = load_model(out)
+    if not isinstance(tokenizer, Tokenizer):
+        raise CheckpointError(f"{out}: an imported checkpoint cannot be resumed by model.train")
     return model, tokenizer, load_trainer_state(out)
 
 

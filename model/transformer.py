@@ -1,7 +1,9 @@
 """The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
 
-One small class per component of Figure 1, post-LayerNorm as in the paper. Two entry points serve
-everything downstream (decoding, evaluation, ONNX export):
+One small class per component of Figure 1, post-LayerNorm as in the paper. What varies between
+the paper's model and imported ones (activation, pre- or post-LN, embedding scale, the layout of
+the position table, a logits bias) is `ModelConfig` data. Two entry points serve everything
+downstream (decoding, evaluation, ONNX export):
 
     encode(src_ids, src_mask)                                  -> memory
     cross_kv(memory)                                           -> per-layer cross-attention K/V
@@ -25,6 +27,7 @@ import math
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import ModelConfig
@@ -37,19 +40,25 @@ KVCache = list[KV]  # one entry per decoder layer
 
 
 class PositionalEncoding(nn.Module):
-    """Sinusoidal position table (section 3.5), gathered by explicit per-row positions."""
+    """Sinusoidal position table (section 3.5), gathered by explicit per-row positions.
+
+    `layout` "interleaved" puts sin and cos of each frequency side by side (the paper); "halves"
+    puts every sine first, then every cosine (Marian)."""
 
     table: Tensor
 
-    def __init__(self, d_model: int, max_positions: int) -> None:
+    def __init__(self, d_model: int, max_positions: int, layout: str = "interleaved") -> None:
         super().__init__()
         position = torch.arange(max_positions, dtype=torch.float32).unsqueeze(1)  # (L, 1)
         div_term = torch.exp(
             torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
         )  # (D/2,)
         table = torch.zeros(max_positions, d_model)
-        table[:, 0::2] = torch.sin(position * div_term)
-        table[:, 1::2] = torch.cos(position * div_term)
+        sines, cosines = (slice(0, None, 2), slice(1, None, 2))
+        if layout == "halves":
+            sines, cosines = slice(0, d_model // 2), slice(d_model // 2, None)
+        table[:, sines] = torch.sin(position * div_term)
+        table[:, cosines] = torch.cos(position * div_term)
         self.register_buffer("table", table, persistent=False)
 
     def forward(self, positions: Tensor) -> Tensor:
@@ -57,14 +66,17 @@ class PositionalEncoding(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Token embedding scaled by sqrt(d_model), plus positions, then dropout (section 3.4)."""
+    """Token embedding scaled by sqrt(d_model) (unless configured off), plus positions, then
+    dropout (section 3.4)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.tokens = nn.Embedding(config.vocab_size, config.d_model)
-        self.positions = PositionalEncoding(config.d_model, config.max_positions)
+        self.positions = PositionalEncoding(
+            config.d_model, config.max_positions, config.position_layout
+        )
         self.dropout = nn.Dropout(config.dropout)
-        self.scale = math.sqrt(config.d_model)
+        self.scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
 
     def forward(self, ids: Tensor, positions: Tensor) -> Tensor:
         x = self.tokens(ids) * self.scale + self.positions(positions)  # (B, T, D)
@@ -102,21 +114,26 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(context.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
 
 
+ACTIVATION_FUNCTIONS = {"relu": torch.relu, "swish": F.silu, "gelu": F.gelu}
+
+
 class FeedForward(nn.Module):
-    """Position-wise FFN: max(0, xW1 + b1)W2 + b2 (section 3.3)."""
+    """Position-wise FFN: act(xW1 + b1)W2 + b2, act = max(0, .) in the paper (section 3.3)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.inner = nn.Linear(config.d_model, config.d_ff)
         self.outer = nn.Linear(config.d_ff, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        self.activation = ACTIVATION_FUNCTIONS[config.activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.outer(self.dropout(torch.relu(self.inner(x))))
+        return self.outer(self.dropout(self.activation(self.inner(x))))
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention then FFN, each wrapped as LayerNorm(x + Dropout(sublayer(x)))."""
+    """Self-attention then FFN, each wrapped as LayerNorm(x + Dropout(sublayer(x))), or under
+    pre-LN as x + Dropout(sublayer(LayerNorm(x)))."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -125,15 +142,21 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(config.d_model)
         self.norm2 = nn.LayerNorm(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm_position == "pre"
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        if self.pre_norm:
+            h = self.norm1(x)
+            x = x + self.dropout(self.self_attn.attend(h, *self.self_attn.project_kv(h), bias))
+            return x + self.dropout(self.ffn(self.norm2(x)))
         k, v = self.self_attn.project_kv(x)
         x = self.norm1(x + self.dropout(self.self_attn.attend(x, k, v, bias)))
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 
 class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention over the memory, FFN; post-LN (Figure 1, right)."""
+    """Causal self-attention, cross-attention over the memory, FFN; post-LN (Figure 1, right) or
+    pre-LN."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -144,16 +167,31 @@ class DecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(config.d_model)
         self.norm3 = nn.LayerNorm(config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm_position == "pre"
 
     def forward(
         self, x: Tensor, self_bias: Tensor, past: KV, cross: KV, cross_bias: Tensor
     ) -> tuple[Tensor, KV]:
+        if self.pre_norm:
+            return self._forward_pre_norm(x, self_bias, past, cross, cross_bias)
         k_new, v_new = self.self_attn.project_kv(x)  # (B, H, T, Dh)
         k = torch.cat([past[0], k_new], dim=2)  # (B, H, P+T, Dh)
         v = torch.cat([past[1], v_new], dim=2)
         x = self.norm1(x + self.dropout(self.self_attn.attend(x, k, v, self_bias)))
         x = self.norm2(x + self.dropout(self.cross_attn.attend(x, *cross, cross_bias)))
         x = self.norm3(x + self.dropout(self.ffn(x)))
+        return x, (k, v)
+
+    def _forward_pre_norm(
+        self, x: Tensor, self_bias: Tensor, past: KV, cross: KV, cross_bias: Tensor
+    ) -> tuple[Tensor, KV]:
+        h = self.norm1(x)
+        k_new, v_new = self.self_attn.project_kv(h)  # (B, H, T, Dh)
+        k = torch.cat([past[0], k_new], dim=2)  # (B, H, P+T, Dh)
+        v = torch.cat([past[1], v_new], dim=2)
+        x = x + self.dropout(self.self_attn.attend(h, k, v, self_bias))
+        x = x + self.dropout(self.cross_attn.attend(self.norm2(x), *cross, cross_bias))
+        x = x + self.dropout(self.ffn(self.norm3(x)))
         return x, (k, v)
 
 
@@ -173,7 +211,12 @@ def causal_bias(tgt_mask: Tensor, n_new: int, dtype: torch.dtype) -> Tensor:
 
 
 class Transformer(nn.Module):
-    """Encoder-decoder with one shared vocabulary; the output projection is the embedding."""
+    """Encoder-decoder with one shared vocabulary; the output projection is the embedding.
+
+    Pre-LN adds a final LayerNorm to the encoder and the decoder; `logits_bias` (V,) is a
+    buffer (Marian's `final_logits_bias`), zero unless loaded."""
+
+    logits_bias: Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -185,6 +228,11 @@ class Transformer(nn.Module):
         self.decoder_layers = nn.ModuleList(
             DecoderLayer(config) for _ in range(config.n_decoder_layers)
         )
+        pre_norm = config.norm_position == "pre"
+        self.encoder_norm = nn.LayerNorm(config.d_model) if pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(config.d_model) if pre_norm else nn.Identity()
+        if config.logits_bias:
+            self.register_buffer("logits_bias", torch.zeros(config.vocab_size))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -200,7 +248,7 @@ class Transformer(nn.Module):
         bias = padding_bias(src_mask, x.dtype)
         for layer in self.encoder_layers:
             x = layer(x, bias)
-        return x
+        return self.encoder_norm(x)
 
     def cross_kv(self, memory: Tensor) -> KVCache:
         """Cross-attention K/V of every decoder layer, computed once per source."""
@@ -249,7 +297,9 @@ class Transformer(nn.Module):
         for layer, past, cross in zip(self.decoder_layers, past_kv, cross_kv, strict=True):
             x, kv = layer(x, self_bias, past, cross, cross_bias)
             present.append(kv)
-        logits = x @ self.embed.tokens.weight.T  # (B, T, V), tied with the input embedding
+        logits = self.decoder_norm(x) @ self.embed.tokens.weight.T  # (B, T, V), tied embedding
+        if self.config.logits_bias:
+            logits = logits + self.logits_bias
         return logits, present
 
     def forward(

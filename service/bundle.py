@@ -1,11 +1,22 @@
 """The model bundle: a self-describing directory written by `export` and read by the service.
 
     models/<name>/
-      manifest.json     format version, model config, special tokens, languages, graph I/O,
-                        opset, precision, limits, sha256 of every file, training and parity figures
-      tokenizer.model   sentencepiece
+      manifest.json     format version, model config, tokenizer kind, special tokens, source and
+                        target languages, decoding defaults and rules, graph I/O, opset,
+                        precision, limits, sha256 of every file, training and parity figures
+      tokenizer files   by tokenizer kind (TOKENIZER_FILES): "sentencepiece" tokenizer.model, a
+                        vocabulary shared by source and target with `<2xx>` language tokens;
+                        "marian" source.spm, target.spm and vocab.json (imported OPUS-MT models)
       encoder.onnx      input_ids, attention_mask -> cross-attention K/V of every decoder layer
       decoder.onnx      one decoder step (the first included) with the self-attention KV cache
+
+special_tokens["bos"] is the token the decoder starts from (Marian's is its pad token). The
+manifest's `languages` maps each target language to its language token id, or to null for a
+model with one target and no such token. `decoding` holds the defaults a request gets for unset
+options and the rules every request gets (see `service.search.DecodingRules`).
+
+Format history: 1 (one sentencepiece tokenizer, no decoding section) is no longer read; a bundle of
+version 1 is refused with a message naming its version (re-export it: `make bundle`).
 
 `load_bundle` checks the format version, that every file is there with its checksum, and that the
 graphs' inputs and outputs are the ones the manifest declares, and fails fast naming the file and
@@ -22,11 +33,15 @@ from typing import Any
 
 import onnx
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.model"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
+TOKENIZER_FILES: dict[str, tuple[str, ...]] = {
+    "sentencepiece": (TOKENIZER_FILE,),
+    "marian": ("source.spm", "target.spm", "vocab.json"),
+}
 
 
 class BundleError(ValueError):
@@ -102,9 +117,20 @@ class Manifest:
         return {k: int(v) for k, v in self.raw["special_tokens"].items()}
 
     @property
-    def languages(self) -> dict[str, int]:
-        """Target language code -> id of its `<2xx>` token."""
-        return {k: int(v) for k, v in self.raw["languages"].items()}
+    def languages(self) -> dict[str, int | None]:
+        """Target language code -> id of its language token (None: the model's only target)."""
+        return {k: None if v is None else int(v) for k, v in self.raw["languages"].items()}
+
+    @property
+    def tokenizer(self) -> str:
+        """The tokenizer kind, a key of TOKENIZER_FILES."""
+        return str(self.raw["tokenizer"])
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        """{"beam_size", "max_new_tokens" (0: per source), "length_penalty", "n_best", "rules"}."""
+        decoding: dict[str, Any] = self.raw["decoding"]
+        return decoding
 
     @property
     def source_language(self) -> str:
@@ -137,7 +163,12 @@ class Bundle:
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.path / TOKENIZER_FILE
+        """The first tokenizer file (the only one of a "sentencepiece" bundle)."""
+        return self.path / TOKENIZER_FILES[self.manifest.tokenizer][0]
+
+    @property
+    def tokenizer_paths(self) -> tuple[Path, ...]:
+        return tuple(self.path / name for name in TOKENIZER_FILES[self.manifest.tokenizer])
 
     @property
     def encoder_path(self) -> Path:
@@ -164,6 +195,8 @@ _REQUIRED = (
     "precision",
     "opset",
     "special_tokens",
+    "tokenizer",
+    "decoding",
     "languages",
     "source_language",
     "limits",
@@ -189,15 +222,20 @@ def read_manifest(directory: Path) -> Manifest:
         raise BundleError(
             f"{path}: unknown format_version {version!r};"
             f" this service reads version {FORMAT_VERSION}"
+            + (" (re-export it with python -m export, or make bundle)" if version == 1 else "")
         )
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
         raise BundleError(f"{path}: missing fields {missing}")
+    if raw["tokenizer"] not in TOKENIZER_FILES:
+        raise BundleError(
+            f"{path}: unknown tokenizer {raw['tokenizer']!r}; known: {sorted(TOKENIZER_FILES)}"
+        )
     return Manifest(raw)
 
 
 def _check_files(directory: Path, manifest: Manifest) -> None:
-    expected = {ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE}
+    expected = {ENCODER_FILE, DECODER_FILE, *TOKENIZER_FILES[manifest.tokenizer]}
     listed = set(manifest.raw["files"])
     if not expected <= listed:
         raise BundleError(

@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from service.kv import KVCache, KVOps
-from service.search import Search, StepScores, make_search
+from service.search import DecodingRules, Search, StepScores, make_search
 from service.types import EncodedSegments, SegmentJob, SegmentUpdate, StepPlan, StepResult
 
 
@@ -103,10 +103,17 @@ class Seq2SeqRunner:
     Args:
         sessions: the encoder and decoder graphs and the KV operations for their arrays.
         special_tokens: {"pad", "bos", "eos", ...} -> id, from the manifest.
+        rules: the bundle's decoding rules, applied to every row.
     """
 
-    def __init__(self, sessions: ModelSessions, special_tokens: dict[str, int]) -> None:
+    def __init__(
+        self,
+        sessions: ModelSessions,
+        special_tokens: dict[str, int],
+        rules: DecodingRules | None = None,
+    ) -> None:
         self._sessions = sessions
+        self._rules = rules or DecodingRules()
         self._kv = sessions.kv
         self._pad_id = special_tokens["pad"]
         self._bos_id = special_tokens["bos"]
@@ -196,7 +203,7 @@ class Seq2SeqRunner:
         jobs = encoded.jobs
         n = len(jobs)
         for job in jobs:
-            self._searches[job.seq_id] = make_search(job.options, self._eos_id)
+            self._searches[job.seq_id] = make_search(job.options, self._eos_id, self._rules)
         return _Batch(
             seq_of_row=np.array([job.seq_id for job in jobs], dtype=np.int64),
             tokens=np.full(n, self._bos_id, dtype=np.int64),
@@ -225,7 +232,7 @@ class Seq2SeqRunner:
     def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[SegmentUpdate]]:
         """Each search advances on its rows' logits (B, V) -> parent rows (B',), tokens (B',)."""
         assert self._batch is not None
-        scores = StepScores.of(logits)
+        scores = StepScores.of(logits, self._rules)
         parents: list[int] = []
         tokens: list[int] = []
         updates: list[SegmentUpdate] = []

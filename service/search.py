@@ -1,6 +1,7 @@
 """Per-segment search bookkeeping: greedy and beam search, one decoder step at a time.
 
-The rules are those of `export/reference_decoder.py`, so outputs compare exactly:
+Without decoding rules (`DecodingRules()`, every model this project trains), the rules are those
+of `export/reference_decoder.py`, so outputs compare exactly:
   * decoding starts from `<s>`; a hypothesis ends with `</s>` or after `max_new_tokens` tokens;
   * greedy takes the argmax of the logits;
   * beam search ranks every (beam, token) extension by float32 sum of log-probabilities, highest
@@ -10,6 +11,25 @@ The rules are those of `export/reference_decoder.py`, so outputs compare exactly
     live beams are finished as they are; finished hypotheses are ranked by
     score / length ** length_penalty, stable on finishing order.
 
+A bundle converted from Hugging Face Marian (OPUS-MT) carries the rules of its
+generation_config.json, under which the output is that of transformers 5.23.0 `generate`:
+  * `suppress_tokens` are never generated: their log-probabilities (and logits, for greedy) are
+    -inf (NoBadWordsLogitsProcessor with bad words of one token: Marian's pad);
+  * with `renormalize` the log-probabilities are the log-softmax of the masked logits
+    (LogitNormalization after the rules: log_softmax(mask(log_softmax(x))) is log_softmax(mask(x))),
+    computed as below; without it, log_softmax(x) with the suppressed entries at -inf;
+  * with `forced_eos` the `max_new_tokens`-th token is `</s>`, of log-probability 0
+    (ForcedEOSTokenLogitsProcessor at transformers' max_length - 1 = max_new_tokens: every other
+    token -inf, `</s>` 0, which renormalising keeps);
+  * greedy takes the argmax of the masked logits (first index on an exact tie, as torch.argmax);
+  * beam "transformers" is `TransformersBeamSearch`, whose docstring gives its rules.
+Log-softmax is computed in float32 as (x - max) - log(sum(exp(x - max))); torch computes it with
+its own exp and summation order (twice under `renormalize`), so a log-probability may differ from
+transformers' in the last bit or two (about 1e-7): only where two candidates are that close can an
+order differ. Transformers' greedy search under `renormalize` takes the argmax of the float32
+log-probabilities, where such rounding can make two logits a few ulp apart equal (it then takes
+the lower id); ours takes the argmax of the logits.
+
 A search owns `rows` contiguous rows of the batch, starting at `start`: `advance` reads their
 scores from the step's `StepScores` and returns, per next row, the batch row it continues and the
 token it appends; no rows once done.
@@ -17,11 +37,33 @@ token it appends; no rows once done.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from service.types import DecodingOptions, Hypothesis
+
+
+@dataclass(frozen=True)
+class DecodingRules:
+    """The bundle's decoding rules (from a model's generation_config.json; defaults: none)."""
+
+    suppress_tokens: tuple[int, ...] = ()  # never generated (bad_words_ids of one token)
+    forced_eos: bool = False  # the last allowed token (max_new_tokens-th) is </s>
+    renormalize: bool = False  # log-probabilities renormalised after the rules
+    beam: str = "native"  # "native" (BeamSearch) or "transformers" (TransformersBeamSearch)
+    early_stopping: bool | str = False  # transformers' early_stopping: True, False or "never"
+    # (beam "transformers" only)
+
+    def __post_init__(self) -> None:
+        if self.beam not in ("native", "transformers"):
+            raise ValueError(f"beam is 'native' or 'transformers', not {self.beam!r}")
+        if not isinstance(self.early_stopping, bool) and self.early_stopping != "never":
+            raise ValueError(f"early_stopping is True, False or 'never': {self.early_stopping!r}")
+
+
+NO_RULES = DecodingRules()
 
 
 @dataclass(frozen=True)
@@ -32,17 +74,33 @@ class StepScores:
     logits - max, in float32, but only its parts are computed for the whole batch: greedy rows
     need just the log-probability of their argmax (where shifted is exactly 0: it is -lse), beam
     rows get their full rows from `logprobs`. Four passes over (B, V) instead of seven.
+
+    With suppressed tokens `logits` are a copy with -inf there; `top` and `lse` are those of the
+    masked logits under `renormalize`, else of the logits as they came (so `best`, the argmax of
+    the masked logits, may be below `top`).
     """
 
-    logits: np.ndarray  # (B, V) float32
+    logits: np.ndarray  # (B, V) float32, suppressed tokens at -inf
     best: np.ndarray  # (B,) int64 argmax of the logits
-    top: np.ndarray  # (B, 1) float32 max of the logits
-    lse: np.ndarray  # (B, 1) float32 log(sum(exp(logits - top)))
+    top: np.ndarray  # (B, 1) float32 max of the logits normalised over
+    lse: np.ndarray  # (B, 1) float32 log(sum(exp(those logits - top)))
 
     @classmethod
-    def of(cls, logits: np.ndarray) -> StepScores:
-        """From the step's logits (B, V)."""
+    def of(cls, logits: np.ndarray, rules: DecodingRules = NO_RULES) -> StepScores:
+        """From the step's logits (B, V) under `rules`."""
         x = logits.astype(np.float32, copy=False)
+        if not rules.suppress_tokens:
+            return cls._normalised(x)
+        masked = x.copy()
+        masked[:, list(rules.suppress_tokens)] = -np.inf
+        if rules.renormalize:
+            return cls._normalised(masked)
+        raw = cls._normalised(x)
+        return cls(masked, masked.argmax(axis=-1), raw.top, raw.lse)
+
+    @classmethod
+    def _normalised(cls, x: np.ndarray) -> StepScores:
+        """Log-softmax parts of `x` (B, V) float32."""
         best = x.argmax(axis=-1)
         top = x[np.arange(len(x)), best][:, None]  # the max, read at the argmax
         shifted = np.subtract(x, top)
@@ -50,8 +108,9 @@ class StepScores:
         return cls(x, best, top, lse)
 
     def best_logprob(self, row: int) -> float:
-        """The log-probability of the argmax token of `row`."""
-        return float(-self.lse[row, 0])
+        """The log-probability of the argmax token of `row` (-lse where it is the max)."""
+        shift = self.logits[row, self.best[row]] - self.top[row, 0]  # float32 0 at the max
+        return float(shift - self.lse[row, 0])
 
     def logprobs(self, start: int, stop: int) -> np.ndarray:
         """Log-softmax of rows [start, stop) -> (R, V) float32."""
@@ -70,12 +129,24 @@ def _ranked(scores: np.ndarray, count: int) -> np.ndarray:
     return candidates[np.lexsort((candidates, -flat[candidates]))]
 
 
-class GreedySearch:
-    """One row; the next token is the argmax of the logits."""
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The longest prefix of the first sequence that every sequence starts with."""
+    first = sequences[0]
+    agreed = 0
+    while agreed < len(first) and all(
+        len(ids) > agreed and ids[agreed] == first[agreed] for ids in sequences
+    ):
+        agreed += 1
+    return tuple(first[:agreed])
 
-    def __init__(self, options: DecodingOptions, eos_id: int) -> None:
+
+class GreedySearch:
+    """One row; the next token is the argmax of the logits (`</s>` when forced)."""
+
+    def __init__(self, options: DecodingOptions, eos_id: int, rules: DecodingRules = NO_RULES):
         self._max_new_tokens = options.max_new_tokens
         self._eos_id = eos_id
+        self._forced_eos = rules.forced_eos
         self._ids: list[int] = []
         self._logprob = 0.0
         self.done = False
@@ -83,12 +154,18 @@ class GreedySearch:
 
     def advance(self, scores: StepScores, start: int) -> tuple[list[int], list[int]]:
         """-> parent rows, tokens: one row continuing itself, or none once done."""
-        token = int(scores.best[start])
-        self._logprob += scores.best_logprob(start)
+        token, logprob = self._next(scores, start)
+        self._logprob += logprob
         self._ids.append(token)
         self.done = token == self._eos_id or len(self._ids) >= self._max_new_tokens
         self.rows = 0 if self.done else 1
         return ([], []) if self.done else ([start], [token])
+
+    def _next(self, scores: StepScores, start: int) -> tuple[int, float]:
+        """The next token and its log-probability."""
+        if self._forced_eos and len(self._ids) + 1 == self._max_new_tokens:
+            return self._eos_id, 0.0
+        return int(scores.best[start]), scores.best_logprob(start)
 
     def committed(self) -> tuple[int, ...]:
         return tuple(self._ids)
@@ -143,13 +220,7 @@ class BeamSearch:
         """The prefix every live beam agrees on; once done, the best hypothesis."""
         if self.done:
             return self.results()[0].ids
-        first = self._beams[0][0]
-        agreed = 0
-        while agreed < len(first) and all(
-            len(ids) > agreed and ids[agreed] == first[agreed] for ids, _ in self._beams
-        ):
-            agreed += 1
-        return tuple(first[:agreed])
+        return _common_prefix([ids for ids, _ in self._beams])
 
     def results(self) -> tuple[Hypothesis, ...]:
         """The best `n_best` finished hypotheses, with normalized scores, best first."""
@@ -161,11 +232,132 @@ class BeamSearch:
         )
 
 
-Search = GreedySearch | BeamSearch
+@dataclass(frozen=True)
+class _Candidate:
+    """One (beam, token) extension of a step."""
+
+    beam: int  # the live beam it extends
+    ids: list[int]  # generated ids, the token last
+    score: np.float32  # float32 sum of log-probabilities
+    stops: bool  # it ends with `</s>` or holds `max_new_tokens` ids
 
 
-def make_search(options: DecodingOptions, eos_id: int) -> Search:
-    """Greedy search for beam size 1, beam search otherwise."""
+class TransformersBeamSearch:
+    """transformers 5.23.0 beam search (`_beam_search`, batch of one source, no sampling).
+
+    Up to `beam_size` (B) live beams, each with its float32 sum of log-probabilities; a pool of
+    at most B finished hypotheses, best first, each scored by float32 sum / float32(len **
+    length_penalty) (len: its generated ids, `</s>` included), transformers' sequences_scores.
+    Each step, with t the ids a hypothesis holds after it:
+      * the K = 2B best (beam, token) extensions by float32 sum, ties to the lower flat
+        (beam-major) index (transformers leaves torch.topk's tie order open);
+      * a candidate stops with `</s>` or at t = max_new_tokens; the live beams are the B best that
+        do not stop (transformers sinks the others by -1e9);
+      * candidates ranked < B that stop enter the pool, which keeps its B best, ties to the one
+        already there, then to the better ranked; -inf ones never enter (transformers' empty
+        slots at -1e9 outrank them);
+      * the search stops at t = max_new_tokens, or with `early_stopping` True once the pool is
+        full, or once it is full and the best live sum / float32(n ** length_penalty) is not above
+        its worst score, n = max_new_tokens with early_stopping "never" and length_penalty > 0,
+        else t (`_check_early_stop_heuristic`, `_beam_search_has_unfinished_sequences`).
+    Step 0 has one live row: transformers starts B copies of `<s>`, all but the first at -1e9,
+    whose extensions (-1e9 in float32) never reach the K best while a row has K finite
+    log-probabilities (vocabulary minus suppressed tokens >= 2B). Only with `forced_eos` at
+    max_new_tokens 1 does it pad its n-best with those copies' `</s>` at -1e9; we return one.
+    """
+
+    def __init__(self, options: DecodingOptions, eos_id: int, rules: DecodingRules) -> None:
+        self._options = options
+        self._eos_id = eos_id
+        self._rules = rules
+        self._beams: list[tuple[list[int], np.float32]] = [([], np.float32(0.0))]
+        self._pool: list[tuple[list[int], np.float32]] = []  # best first
+        self._steps = 0
+        self.done = False
+        self.rows = 1
+
+    def advance(self, step: StepScores, start: int) -> tuple[list[int], list[int]]:
+        """-> parent rows, tokens of the next live beams (none once done)."""
+        beam_size = self._options.beam_size
+        candidates = self._candidates(self._sums(step, start))
+        chosen = [c for c in candidates if not c.stops][:beam_size]
+        self._enter_pool(candidates[:beam_size])
+        self._beams = [(c.ids, c.score) for c in chosen]
+        self.done = self._stops()
+        if self.done:
+            self._beams, chosen = [], []
+        self.rows = len(self._beams)
+        return [start + c.beam for c in chosen], [c.ids[-1] for c in chosen]
+
+    def _sums(self, step: StepScores, start: int) -> np.ndarray:
+        """Every extension's float32 sum of log-probabilities -> (R, V)."""
+        sums = np.array([s for _, s in self._beams], dtype=np.float32)[:, None]  # (R, 1)
+        logprobs = step.logprobs(start, start + self.rows)  # (R, V) float32
+        if self._rules.forced_eos and self._steps + 1 == self._options.max_new_tokens:
+            logprobs = np.full_like(logprobs, -np.inf)
+            logprobs[:, self._eos_id] = 0.0
+        scores: np.ndarray = sums + logprobs
+        return scores
+
+    def _candidates(self, scores: np.ndarray) -> list[_Candidate]:
+        """The K = 2 * beam_size best extensions of `scores` (R, V), best first."""
+        self._steps += 1
+        count = 2 * self._options.beam_size
+        vocab = scores.shape[1]
+        candidates = []
+        for flat in _ranked(scores, count)[:count]:
+            beam, token = divmod(int(flat), vocab)
+            stops = token == self._eos_id or self._steps >= self._options.max_new_tokens
+            ids = [*self._beams[beam][0], token]
+            candidates.append(_Candidate(beam, ids, scores[beam, token], stops))
+        return candidates
+
+    def _enter_pool(self, top: list[_Candidate]) -> None:
+        """The stopping candidates among the B best join the pool, which keeps its B best."""
+        length = np.float32(self._steps**self._options.length_penalty)
+        entering = [(c.ids, c.score / length) for c in top if c.stops and np.isfinite(c.score)]
+        merged = self._pool + entering
+        self._pool = sorted(merged, key=lambda h: -float(h[1]))[: self._options.beam_size]
+
+    def _stops(self) -> bool:
+        """transformers' `_beam_search_has_unfinished_sequences`, negated, for one source."""
+        full = len(self._pool) == self._options.beam_size
+        if self._steps >= self._options.max_new_tokens or not self._beams:
+            return True
+        if full and self._rules.early_stopping is True:
+            return True
+        return full and not self._can_improve()
+
+    def _can_improve(self) -> bool:
+        """The early-stopping heuristic: the best live beam may still beat the worst finished."""
+        penalty = self._options.length_penalty
+        never = self._rules.early_stopping == "never" and penalty > 0.0
+        length = self._options.max_new_tokens if never else self._steps
+        best_possible = self._beams[0][1] / np.float32(length**penalty)
+        return bool(best_possible > self._pool[-1][1])
+
+    def committed(self) -> tuple[int, ...]:
+        """The prefix every live beam and pooled hypothesis agrees on (the result will start
+        with it); once done, the best hypothesis."""
+        if self.done:
+            return self.results()[0].ids
+        return _common_prefix([ids for ids, _ in self._beams + self._pool])
+
+    def results(self) -> tuple[Hypothesis, ...]:
+        """The best `n_best` pooled hypotheses, best first, scored as sequences_scores."""
+        best = self._pool[: self._options.n_best]
+        return tuple(Hypothesis(tuple(ids), float(score)) for ids, score in best)
+
+
+Search = GreedySearch | BeamSearch | TransformersBeamSearch
+
+
+def make_search(options: DecodingOptions, eos_id: int, rules: DecodingRules = NO_RULES) -> Search:
+    """Greedy search for beam size 1, else the beam search `rules` name."""
     if options.beam_size == 1:
-        return GreedySearch(options, eos_id)
+        return GreedySearch(options, eos_id, rules)
+    if rules.beam == "transformers":
+        return TransformersBeamSearch(options, eos_id, rules)
+    if rules.forced_eos:
+        raise ValueError("forced_eos needs greedy search or beam 'transformers'")
     return BeamSearch(options, eos_id)

@@ -18,18 +18,19 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.bundle import Bundle, load_bundle
+from service.bundle import Bundle, Manifest, load_bundle
 from service.health import READINESS, Health
 from service.interceptors import ErrorInterceptor
 from service.metrics import Metrics, stop_serving
 from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
 from service.runner import Seq2SeqRunner
 from service.scheduler import BatchScheduler, SchedulerLimits
+from service.search import DecodingRules
 from service.servicer import ModelInfo, TranslatorServicer
 from service.sessions import OrtSessions
 from service.settings import ServiceSettings
-from service.tokenizer import SourceTokenizer
-from service.types import DecodingOptions, SegmentJob, StepPlan
+from service.tokenizer import load_tokenizer
+from service.types import DecodingOptions, SegmentJob, StepPlan, TextTokenizer
 from service.validation import RequestValidator, ServiceLimits
 
 log = logging.getLogger(__name__)
@@ -65,16 +66,39 @@ class _Engine:
 
     bundle: Bundle
     sessions: OrtSessions
-    tokenizer: SourceTokenizer
+    tokenizer: TextTokenizer
     runner: Seq2SeqRunner
+
+
+def decoding_rules(manifest: Manifest) -> DecodingRules:
+    """The manifest's decoding rules (an imported model's generation config)."""
+    rules = manifest.decoding["rules"]
+    return DecodingRules(
+        suppress_tokens=tuple(int(i) for i in rules["suppress_tokens"]),
+        forced_eos=bool(rules["forced_eos"]),
+        renormalize=bool(rules["renormalize"]),
+        beam=str(rules["beam"]),
+        early_stopping=rules["early_stopping"],
+    )
+
+
+def decoding_defaults(manifest: Manifest) -> DecodingOptions:
+    """What a request gets for the options it leaves unset (max_new_tokens 0: per source)."""
+    values = manifest.decoding
+    return DecodingOptions(
+        beam_size=int(values["beam_size"]),
+        max_new_tokens=int(values["max_new_tokens"]),
+        length_penalty=float(values["length_penalty"]),
+        n_best=int(values["n_best"]),
+    )
 
 
 def _build_engine(settings: ServiceSettings) -> _Engine:
     bundle = load_bundle(settings.bundle_path)
     manifest = bundle.manifest
     sessions = OrtSessions(bundle, settings.device, settings.threads)
-    tokenizer = SourceTokenizer(bundle.tokenizer_path, manifest.languages, manifest.special_tokens)
-    runner = Seq2SeqRunner(sessions, manifest.special_tokens)
+    tokenizer = load_tokenizer(bundle)
+    runner = Seq2SeqRunner(sessions, manifest.special_tokens, decoding_rules(manifest))
     return _Engine(bundle, sessions, tokenizer, runner)
 
 
@@ -161,6 +185,7 @@ class TranslationServer:
             max_segments=min(s.max_segments, s.max_queued_requests),
             max_beam_size=min(s.max_beam_size, s.max_active_rows),
             max_tokens_in_flight=s.max_tokens_in_flight,
+            defaults=decoding_defaults(manifest),
         )
 
     async def _serve(self, servicer: TranslatorServicer) -> None:

@@ -14,8 +14,7 @@ import grpc
 from service.pb.translator.v1 import translator_pb2 as pb
 from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
 from service.scheduler import BatchScheduler
-from service.tokenizer import SourceTokenizer
-from service.types import Hypothesis
+from service.types import Hypothesis, TextTokenizer
 from service.validation import RequestValidator
 
 
@@ -36,7 +35,7 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         self,
         scheduler: BatchScheduler,
         validator: RequestValidator,
-        tokenizer: SourceTokenizer,
+        tokenizer: TextTokenizer,
         model: ModelInfo,
     ) -> None:
         self._scheduler = scheduler

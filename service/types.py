@@ -7,8 +7,21 @@ search) and reports, after every decoder step, what each segment committed and w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+
+class TextTokenizer(Protocol):
+    """Text <-> ids for a bundle (service/tokenizer.py has one per tokenizer kind)."""
+
+    def encode_source(self, text: str, lang: str) -> list[int]:
+        """Source ids of `text` to translate into `lang`, end-of-sentence included."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of generated ids."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from service.errors import InvalidArgumentError
 from service.pb.translator.v1 import translator_pb2 as pb
-from service.tokenizer import SourceTokenizer
-from service.types import DecodingOptions, Segment
+from service.types import DecodingOptions, Segment, TextTokenizer
 
-DEFAULT_LENGTH_PENALTY = 1.0
 MAX_LENGTH_PENALTY = 2.0
 # Default output cap: a translation is rarely 3x longer than its source; a model that loops then
 # stops early instead of holding its row (and the batch's cache length) to the model limit.
@@ -33,6 +31,8 @@ class ServiceLimits:
     max_segments: int  # per Translate request
     max_beam_size: int
     max_tokens_in_flight: int  # a segment's rows x (source + output tokens) must fit
+    # The bundle's defaults for unset options (max_new_tokens 0: 3 x source tokens + 10).
+    defaults: DecodingOptions = field(default_factory=lambda: DecodingOptions(1, 0, 1.0, 1))
 
     def to_pb(self) -> pb.Limits:
         return pb.Limits(
@@ -57,16 +57,20 @@ class RequestValidator:
         limits: what a request may ask for.
     """
 
-    def __init__(self, tokenizer: SourceTokenizer, limits: ServiceLimits) -> None:
+    def __init__(self, tokenizer: TextTokenizer, limits: ServiceLimits) -> None:
         self._tokenizer = tokenizer
         self.limits = limits
 
     def options(self, options: pb.DecodingOptions) -> DecodingOptions:
-        """Defaults for unset (0) fields, then range checks; max_new_tokens 0 means the
-        per-segment default, resolved by `segments`."""
-        lim = self.limits
+        """The bundle's defaults for unset (0) fields, then range checks; max_new_tokens 0 means
+        the per-segment default, resolved by `segments`."""
+        lim, default = self.limits, self.limits.defaults
         beam = _in_range(
-            "options.beam_size", options.beam_size or 1, 1, lim.max_beam_size, "max_beam_size"
+            "options.beam_size",
+            options.beam_size or min(default.beam_size, lim.max_beam_size),
+            1,
+            lim.max_beam_size,
+            "max_beam_size",
         )
         max_new = options.max_output_tokens and _in_range(
             "options.max_output_tokens",
@@ -75,9 +79,10 @@ class RequestValidator:
             lim.max_output_tokens,
             "max_output_tokens",
         )
-        n_best = _in_range("options.n_best", options.n_best or 1, 1, beam, "at most beam_size")
+        n_best = options.n_best or min(default.n_best, beam)
+        n_best = _in_range("options.n_best", n_best, 1, beam, "at most beam_size")
         penalty = (
-            options.length_penalty if options.HasField("length_penalty") else DEFAULT_LENGTH_PENALTY
+            options.length_penalty if options.HasField("length_penalty") else default.length_penalty
         )
         if not (math.isfinite(penalty) and 0.0 <= penalty <= MAX_LENGTH_PENALTY):
             raise InvalidArgumentError(
@@ -92,8 +97,9 @@ class RequestValidator:
         source_language: str,
         options: DecodingOptions,
     ) -> list[Segment]:
-        """Source ids of each segment, with its options: an unset max output tokens becomes
-        min(limit, 3 x source tokens + 10)."""
+        """Source ids of each segment, with its options: an unset max output tokens becomes the
+        bundle's default (an imported model's max_length - 1), or min(limit, 3 x source tokens
+        + 10) when the bundle has none."""
         lim = self.limits
         if not segments:
             raise InvalidArgumentError("segments: none given; send at least 1")
@@ -136,7 +142,9 @@ class RequestValidator:
                 f"{name}: {len(ids)} source tokens, limit max_source_tokens={lim.max_source_tokens}"
             )
         if not options.max_new_tokens:
-            default = OUTPUT_PER_SOURCE_TOKEN * len(ids) + OUTPUT_MARGIN
+            default = lim.defaults.max_new_tokens or (
+                OUTPUT_PER_SOURCE_TOKEN * len(ids) + OUTPUT_MARGIN
+            )
             options = replace(options, max_new_tokens=min(lim.max_output_tokens, default))
         budget = options.beam_size * (len(ids) + options.max_new_tokens)
         if budget > lim.max_tokens_in_flight:

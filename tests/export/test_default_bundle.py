@@ -48,9 +48,9 @@ def greedy_texts(reference: ReferenceDecoder, bundle: Bundle, pairs: list[Pair])
 
 
 def test_the_shipped_checkpoint_is_the_one_the_bundle_was_exported_from(bundle: Bundle) -> None:
-    config, languages = load_config(CHECKPOINT)
-    assert config.to_dict() == bundle.manifest.model
-    assert sorted(languages) == sorted(bundle.manifest.languages)
+    saved = load_config(CHECKPOINT)
+    assert saved.model.to_dict() == bundle.manifest.model
+    assert sorted(saved.languages) == sorted(bundle.manifest.languages)
     assert sha256_of(CHECKPOINT / TOKENIZER_FILE) == bundle.manifest.raw["files"][TOKENIZER_FILE]
     assert (CHECKPOINT / WEIGHTS_FILE).is_file() and (CHECKPOINT / CONFIG_FILE).is_file()
     assert not (CHECKPOINT / "trainer_state.pt").exists(), "the optimizer state is not shipped"

@@ -30,7 +30,9 @@ def reference(tiny_bundle: Path) -> ReferenceDecoder:
 
 def test_manifest_describes_the_bundle(tiny_bundle: Path) -> None:
     manifest = load_bundle(tiny_bundle).manifest
-    assert manifest.raw["format_version"] == 1
+    assert manifest.raw["format_version"] == 2
+    assert manifest.tokenizer == "sentencepiece" and manifest.source_language == "en"
+    assert manifest.decoding["beam_size"] == 1 and manifest.decoding["rules"]["beam"] == "native"
     assert manifest.precision == "fp32" and manifest.raw["opset"] == 18
     assert manifest.special_tokens == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
     assert sorted(manifest.languages) == ["de", "es", "fr", "it"]

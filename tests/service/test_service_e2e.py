@@ -16,7 +16,8 @@ from service_harness import ServerThread, stub, translate_request
 from model.corpus import Corpus
 from service.pb.translator.v1 import translator_pb2 as pb
 from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
-from service.tokenizer import SourceTokenizer
+from service.tokenizer import load_tokenizer
+from service.types import TextTokenizer
 
 LANGUAGES = ("de", "fr", "es", "it")
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,12 +31,10 @@ def sentences(tiny_corpus: Corpus) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(server: ServerThread) -> SourceTokenizer:
+def tokenizer(server: ServerThread) -> TextTokenizer:
     from service.bundle import load_bundle
 
-    manifest = load_bundle(server.settings.bundle_path).manifest
-    path = server.settings.bundle_path / "tokenizer.model"
-    return SourceTokenizer(path, manifest.languages, manifest.special_tokens)
+    return load_tokenizer(load_bundle(server.settings.bundle_path))
 
 
 async def _translate_all(

@@ -17,7 +17,7 @@ from service.kv import StackedKV
 from service.runner import Seq2SeqRunner
 from service.search import StepScores, make_search
 from service.sessions import OrtSessions, OrtValueKV
-from service.tokenizer import SourceTokenizer
+from service.tokenizer import load_tokenizer
 from service.types import DecodingOptions, Hypothesis, SegmentJob, StepPlan
 
 SPECIAL = {"pad": 0, "unk": 1, "bos": 2, "eos": EOS}
@@ -64,7 +64,7 @@ def test_runner_with_staggered_joins_equals_reference(service_bundle, reference,
     manifest = bundle.manifest
     sessions = OrtSessions(bundle, "cpu", 1, io_binding=io_binding)
     runner = Seq2SeqRunner(sessions, manifest.special_tokens)
-    tokenizer = SourceTokenizer(bundle.tokenizer_path, manifest.languages, manifest.special_tokens)
+    tokenizer = load_tokenizer(bundle)
     texts = ["Good morning.", "forty-two", "I have 3 cats and 12 dogs.", "See you at 10."]
     sources = [tuple(tokenizer.encode_source(t, lang)) for t in texts for lang in ("de", "fr")]
     greedy = DecodingOptions(1, 40, 1.0, 1)
