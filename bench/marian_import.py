@@ -56,7 +56,11 @@ def main() -> None:
     python = sys.executable
     start = time.perf_counter()
     hf_dir = build_marian_dir(
-        work / "opus-mt-en-de", config=OPUS_MT_EN_DE, vocab_size=VOCAB_SIZE, max_length=512
+        work / "opus-mt-en-de",
+        config=OPUS_MT_EN_DE,
+        vocab_size=VOCAB_SIZE,
+        max_length=512,
+        weight_std=None,  # transformers' init: weights of a real model's scale
     )
     figures: dict[str, object] = {"build_s": round(time.perf_counter() - start, 1)}
     checkpoint, bundle = work / "checkpoint", work / "bundle"

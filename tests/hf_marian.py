@@ -171,7 +171,9 @@ def marian_vocab(
     return vocab
 
 
-def random_marian(vocab: Mapping[str, int], config: Mapping[str, Any], seed: int) -> MarianMTModel:
+def random_marian(
+    vocab: Mapping[str, int], config: Mapping[str, Any], seed: int, weight_std: float | None = 0.5
+) -> MarianMTModel:
     pad = vocab["<pad>"]
     marian_config = MarianConfig(
         vocab_size=len(vocab),
@@ -192,8 +194,9 @@ def random_marian(vocab: Mapping[str, int], config: Mapping[str, Any], seed: int
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if parameter.dim() == 2 and "embed_positions" not in name:  # positions: sinusoidal
-                parameter.normal_(0.0, 0.5, generator=generator)
+            # Every matrix but the (sinusoidal) position tables.
+            if weight_std is not None and parameter.dim() == 2 and "embed_positions" not in name:
+                parameter.normal_(0.0, weight_std, generator=generator)
         model.final_logits_bias.copy_(
             torch.randn(model.final_logits_bias.shape, generator=generator) * 0.1
         )
@@ -209,6 +212,7 @@ def build_marian_dir(
     max_length: int = 24,
     config: Mapping[str, Any] | None = None,
     vocab_size: int | None = None,
+    weight_std: float | None = 0.5,
 ) -> Path:
     """Write an OPUS-MT-shaped Marian directory at `directory` (see the module docstring).
 
@@ -219,6 +223,7 @@ def build_marian_dir(
         max_length: the generation config's max_length.
         config: MarianConfig fields over the tiny defaults (d_model 32, 2+2 layers).
         vocab_size: pad vocab.json with filler tokens up to this size.
+        weight_std: the std the weight matrices are drawn with; None keeps transformers' init.
     """
     directory.mkdir(parents=True, exist_ok=True)
     source_spm, target_spm = directory / "source.spm", directory / "target.spm"
@@ -228,7 +233,7 @@ def build_marian_dir(
     (directory / "vocab.json").write_text(
         json.dumps(vocab, ensure_ascii=False, indent=2), encoding="utf-8"
     )
-    model = random_marian(vocab, {**TINY, **(config or {})}, seed)
+    model = random_marian(vocab, {**TINY, **(config or {})}, seed, weight_std)
     pad = vocab["<pad>"]
     model.generation_config = GenerationConfig(
         bad_words_ids=[[pad]],
