@@ -68,8 +68,8 @@ BOOKKEEPING = (
     "use_cache",
     "cache_implementation",
 )
-# Generation fields that older checkpoints keep in config.json instead of generation_config.json.
-GENERATION_FIELDS = (
+# The fields `decoding` turns into defaults and rules.
+DECODING_FIELDS = (
     "num_beams",
     "max_length",
     "max_new_tokens",
@@ -79,8 +79,9 @@ GENERATION_FIELDS = (
     "bad_words_ids",
     "forced_eos_token_id",
     "renormalize_logits",
-    *NEUTRAL,
 )
+# Generation fields that older checkpoints keep in config.json instead of generation_config.json.
+GENERATION_FIELDS = (*DECODING_FIELDS, *NEUTRAL)
 
 
 def from_model_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -140,19 +141,7 @@ def decoding(
     Returns:
         {"beam_size", "max_new_tokens", "length_penalty", "n_best", "rules": {...}}.
     """
-    known = {
-        "num_beams",
-        "max_length",
-        "max_new_tokens",
-        "length_penalty",
-        "early_stopping",
-        "num_return_sequences",
-        "bad_words_ids",
-        "forced_eos_token_id",
-        "renormalize_logits",
-        "decoder_start_token_id",
-        "eos_token_id",
-    }
+    known = {*DECODING_FIELDS, "decoder_start_token_id", "eos_token_id"}
     _check_refused(path, values, known)
     if values.get("eos_token_id", eos_id) not in (eos_id, [eos_id]):
         raise UnsupportedModelError(

@@ -26,33 +26,12 @@ from export.pipeline import export_bundle
 from model.import_hf import main as import_hf
 from service.pb.translator.v1 import translator_pb2 as pb
 from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
-from tests.hf_marian import build_marian_dir
+from tests.hf_marian import SOURCE_WORDS, build_marian_dir
 from tests.service.service_harness import ServerThread, translate_request
 
 MAX_LENGTH = 24  # the generation config's max_length: at most 23 new tokens
 INPUTS = 200
-WORDS = (
-    "the",
-    "a",
-    "house",
-    "is",
-    "red",
-    "blue",
-    "green",
-    "small",
-    "big",
-    "old",
-    "new",
-    "we",
-    "see",
-    "you",
-    "and",
-    "it",
-    "on",
-    "in",
-    "at",
-    "of",
-)
+WORDS = SOURCE_WORDS[:20]  # the sentencepiece models' words (and numbers, below)
 
 
 def _sentences(count: int, seed: int) -> list[str]:
