@@ -63,15 +63,16 @@ bundle: $(DEV_STAMP)
 
 # gRPC stubs, generated at build time into service/pb/ (gitignored), typed for mypy. The generators
 # are the `stubs` extra, which both stamps install.
-PROTO_SRC := protos/translator/v1/translator.proto
+PROTO_SRC := protos/translator/v1/translator.proto protos/inference/grpc_predict_v2.proto
 PROTO_OUT := service/pb/translator/v1/translator_pb2.py
 
 $(PROTO_OUT): $(PROTO_SRC) | $(SERVE_STAMP)
-	rm -rf service/pb && mkdir -p service/pb/translator/v1
+	rm -rf service/pb && mkdir -p service/pb/translator/v1 service/pb/inference
 	$(PY) -m grpc_tools.protoc -Iservice/pb=protos --python_out=. --pyi_out=. \
 		--grpc_python_out=. --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		--mypy_grpc_out=. $(PROTO_SRC)
-	touch service/pb/__init__.py service/pb/translator/__init__.py service/pb/translator/v1/__init__.py
+	touch service/pb/__init__.py service/pb/translator/__init__.py \
+		service/pb/translator/v1/__init__.py service/pb/inference/__init__.py
 
 proto: $(PROTO_OUT)
 

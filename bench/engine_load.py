@@ -19,17 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.service_load import bench_sentences, write_results
-from service.bundle import load_bundle
+from service.engine import TranslationEngine
 from service.metrics import Metrics
-from service.pb.translator.v1 import translator_pb2 as pb
 from service.runner import Seq2SeqRunner
 from service.scheduler import BatchScheduler, SchedulerLimits
-from service.server import decoding_defaults, decoding_rules
-from service.sessions import OrtSessions
 from service.settings import ServiceSettings
-from service.tokenizer import load_tokenizer
-from service.types import Segment
-from service.validation import RequestValidator, ServiceLimits
+from service.types import RequestedOptions, Segment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,28 +43,14 @@ class EngineFigures:
 
 def build_load(bundle_path: Path, threads: int) -> tuple[Seq2SeqRunner, list[Segment]]:
     """A runner on the bundle, and the bench sentences validated as the server validates them."""
-    bundle = load_bundle(bundle_path)
-    manifest = bundle.manifest
-    sessions = OrtSessions(bundle, "cpu", threads)
-    tokenizer = load_tokenizer(bundle)
-    defaults = ServiceSettings()
-    limits = ServiceLimits(
-        source_language=manifest.source_language,
-        languages=tuple(sorted(manifest.languages)),
-        max_source_tokens=manifest.max_source_tokens,
-        max_output_tokens=manifest.max_target_tokens,
-        max_segments=1,
-        max_beam_size=1,
-        max_tokens_in_flight=defaults.max_tokens_in_flight,
-        defaults=decoding_defaults(manifest),
-    )
-    validator = RequestValidator(tokenizer, limits)
-    options = validator.options(pb.DecodingOptions())
+    settings = ServiceSettings(device="cpu", threads=threads, max_beam_size=1, warmup=False)
+    engine = TranslationEngine.load(bundle_path, settings.engine(), Metrics().for_model("bench"))
+    options = engine.validator.options(RequestedOptions())
     segments = [
-        validator.segments([text.encode()], lang, "", options)[0]
+        engine.validator.segments([text.encode()], lang, "", options)[0]
         for text, lang in bench_sentences()
     ]
-    return Seq2SeqRunner(sessions, manifest.special_tokens, decoding_rules(manifest)), segments
+    return engine.runner, segments
 
 
 async def _load(
@@ -101,7 +82,7 @@ async def measure(
         defaults.queue_timeout_s,
         defaults.admit_every_steps,
     )
-    scheduler = BatchScheduler(runner, limits, Metrics())
+    scheduler = BatchScheduler(runner, limits, Metrics().for_model("bench"))
     scheduler.start()
     scheduler.open()
     try:

@@ -1,7 +1,7 @@
 """`python -m service`: settings -> TranslationServer -> serve until SIGTERM -> drain -> exit.
 
-Exit codes: 0 after a clean drain; 1 when startup fails (bad settings, bundle or device), with one
-error line naming the cause.
+SIGHUP rescans the model repository at once. Exit codes: 0 after a clean drain; 1 when startup
+fails (bad settings, bundle, model settings file or device), with one error line naming the cause.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from pydantic import ValidationError
 from service.bundle import BundleError
 from service.server import TranslationServer
 from service.sessions import DeviceError
-from service.settings import ServiceSettings
+from service.settings import ServiceSettings, SettingsFileError
 
 log = logging.getLogger("service")
+
+STARTUP_ERRORS = (BundleError, DeviceError, SettingsFileError, OSError, RuntimeError, ValueError)
 
 
 async def serve(settings: ServiceSettings) -> None:
@@ -28,6 +30,7 @@ async def serve(settings: ServiceSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.rescan)
     await server.start()
     await stop.wait()
     log.info("draining: grace period %.1f s", settings.grace_period_s)
@@ -49,7 +52,14 @@ def main() -> int:
     logging.getLogger("service").setLevel(settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except (BundleError, DeviceError, OSError, RuntimeError) as error:
+    except (
+        BundleError,
+        DeviceError,
+        SettingsFileError,
+        OSError,
+        RuntimeError,
+        ValueError,
+    ) as error:
         log.error("startup failed: %s", error)
         return 1
     return 0

@@ -42,3 +42,12 @@ class DrainingError(ServiceError):
 
 class EngineError(ServiceError):
     """The model failed while running this request. -> INTERNAL, with a clean message."""
+
+
+class ModelNotFoundError(ServiceError):
+    """The request names a model that is not loaded; the message lists the loaded ones.
+
+    -> NOT_FOUND.
+    """
+
+    reason = "model_not_found"

@@ -1,8 +1,10 @@
 """Exceptions -> gRPC status codes, and the per-RPC metrics, in one server interceptor.
 
-Every translator.v1 RPC ends with an explicit code, never UNKNOWN:
+Every RPC of the front ends (translator.v1 and the KServe v2 `inference` service), of every
+method kind, ends with an explicit code, never UNKNOWN:
 
     InvalidArgumentError or a malformed message  -> INVALID_ARGUMENT
+    ModelNotFoundError                           -> NOT_FOUND
     QueueFullError                               -> RESOURCE_EXHAUSTED
     QueueTimeoutError                            -> DEADLINE_EXCEEDED
     DrainingError                                -> UNAVAILABLE
@@ -10,12 +12,15 @@ Every translator.v1 RPC ends with an explicit code, never UNKNOWN:
     client cancel / client deadline              -> CANCELLED / DEADLINE_EXCEEDED (by gRPC)
 
 Requests are deserialized here too, so that bytes that are not a valid message (invalid UTF-8 in
-a string field included) get INVALID_ARGUMENT instead of gRPC's UNKNOWN.
+a string field included) get INVALID_ARGUMENT instead of gRPC's UNKNOWN. A front end names the
+model that serves the call with `record_model`; the RPC's series carry it as their `model` label
+("" until then: the label never takes a value from the request).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,18 +32,23 @@ from service.errors import (
     DrainingError,
     EngineError,
     InvalidArgumentError,
+    ModelNotFoundError,
     QueueFullError,
     QueueTimeoutError,
     ServiceError,
 )
-from service.metrics import METHODS, Metrics
+from service.metrics import KSERVE_METHODS, NO_MODEL, TRANSLATOR_METHODS, Metrics
 
 log = logging.getLogger(__name__)
 
-SERVICE = "translator.v1.Translator"
+SERVICES = {
+    "translator.v1.Translator": TRANSLATOR_METHODS,
+    "inference.GRPCInferenceService": KSERVE_METHODS,
+}
 
 _STATUS: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     QueueTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     DrainingError: grpc.StatusCode.UNAVAILABLE,
@@ -71,6 +81,7 @@ class _Outcome:
     def __init__(self, metrics: Metrics, method: str) -> None:
         self.metrics, self.method = metrics, method
         self.code = grpc.StatusCode.OK
+        self.model = NO_MODEL
         self.start = time.perf_counter()
 
     async def fail(self, error: Exception, context: Context) -> NoReturn:
@@ -79,7 +90,7 @@ class _Outcome:
             self.code = _STATUS.get(type(error), grpc.StatusCode.INTERNAL)
             message = str(error)  # our own messages: no paths, no tracebacks
             if error.reason:
-                self.metrics.rejections.labels(error.reason).inc()
+                self.metrics.rejections.labels(error.reason, self.model).inc()
         else:
             log.error("%s failed", self.method, exc_info=error)
             self.code, message = grpc.StatusCode.INTERNAL, "internal error"
@@ -90,20 +101,38 @@ class _Outcome:
         remaining = context.time_remaining()
         expired = remaining is not None and remaining <= 0.001
         self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-        self.metrics.rejections.labels("deadline_exceeded" if expired else "cancelled").inc()
+        reason = "deadline_exceeded" if expired else "cancelled"
+        self.metrics.rejections.labels(reason, self.model).inc()
 
     def done(self) -> None:
-        self.metrics.requests.labels(self.method, self.code.name).inc()
-        self.metrics.request_duration.labels(self.method).observe(time.perf_counter() - self.start)
+        elapsed = time.perf_counter() - self.start
+        self.metrics.requests.labels(self.method, self.code.name, self.model).inc()
+        self.metrics.request_duration.labels(self.method, self.model).observe(elapsed)
 
 
-def _check(request: Any) -> None:
+_current: contextvars.ContextVar[_Outcome | None] = contextvars.ContextVar("rpc", default=None)
+
+
+def record_model(name: str) -> None:
+    """The current RPC is served by model `name` (a loaded model's name)."""
+    outcome = _current.get()
+    if outcome is not None:
+        outcome.model = name
+
+
+def _check(request: Any) -> Any:
     if isinstance(request, _Malformed):
         raise InvalidArgumentError(f"the request is not a valid message: {request.error}")
+    return request
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _check(request)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every translator.v1 handler; other services pass through untouched."""
+    """Wraps every handler of the front ends' services; other services pass through untouched."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -115,23 +144,29 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
-        if handler is None or service != SERVICE or method not in METHODS:
+        if handler is None or method not in SERVICES.get(service, ()):
             return handler
-        parse = _tolerant(handler.request_deserializer)
+        parse, serialize = _tolerant(handler.request_deserializer), handler.response_serializer
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary), parse, handler.response_serializer
-            )
-        return grpc.unary_stream_rpc_method_handler(
-            self._stream(method, handler.unary_stream), parse, handler.response_serializer
-        )
+            behavior = self._unary(method, handler.unary_unary, stream_in=False)
+            return grpc.unary_unary_rpc_method_handler(behavior, parse, serialize)
+        if handler.unary_stream is not None:
+            behavior = self._stream(method, handler.unary_stream, stream_in=False)
+            return grpc.unary_stream_rpc_method_handler(behavior, parse, serialize)
+        if handler.stream_unary is not None:
+            behavior = self._unary(method, handler.stream_unary, stream_in=True)
+            return grpc.stream_unary_rpc_method_handler(behavior, parse, serialize)
+        behavior = self._stream(method, handler.stream_stream, stream_in=True)
+        return grpc.stream_stream_rpc_method_handler(behavior, parse, serialize)
 
-    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    def _unary(
+        self, method: str, behavior: Callable[..., Awaitable[Any]], stream_in: bool
+    ) -> Callable[..., Any]:
         async def unary(request: Any, context: Context) -> Any:
             outcome = _Outcome(self._metrics, method)
+            _current.set(outcome)
             try:
-                _check(request)
-                return await behavior(request, context)
+                return await behavior(_checked(request) if stream_in else _check(request), context)
             except asyncio.CancelledError:
                 outcome.cancelled(context)
                 raise
@@ -143,13 +178,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return unary
 
     def _stream(
-        self, method: str, behavior: Callable[..., AsyncIterator[Any]]
+        self, method: str, behavior: Callable[..., AsyncIterator[Any]], stream_in: bool
     ) -> Callable[..., Any]:
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             outcome = _Outcome(self._metrics, method)
+            _current.set(outcome)
             try:
-                _check(request)
-                async for response in behavior(request, context):
+                requests = _checked(request) if stream_in else _check(request)
+                async for response in behavior(requests, context):
                     yield response
             except asyncio.CancelledError:
                 outcome.cancelled(context)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from service.errors import DrainingError, EngineError, QueueFullError, QueueTimeoutError
-from service.metrics import Metrics
+from service.metrics import ModelMetrics
 from service.types import (
     DecodingOptions,
     EncodedSegments,
@@ -110,7 +110,7 @@ class BatchScheduler:
         metrics: where queue, batch and token figures go.
     """
 
-    def __init__(self, runner: StepRunner, limits: SchedulerLimits, metrics: Metrics) -> None:
+    def __init__(self, runner: StepRunner, limits: SchedulerLimits, metrics: ModelMetrics) -> None:
         self._runner = runner
         self._limits = limits
         self._metrics = metrics

@@ -1,112 +1,150 @@
-"""The gRPC servicer: proto <-> domain, a few lines per RPC.
+"""translator.v1.Translator: proto <-> engine calls, a few lines per RPC.
 
-No tensors and no try/except here: `validation` raises InvalidArgumentError, the scheduler raises
-its own errors, and `interceptors` turns every exception into a status code.
+No tensors and no try/except here: the repository raises ModelNotFoundError, the engine raises
+InvalidArgumentError and the scheduler's errors, and `interceptors` turns every exception into a
+status code.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import TypeAlias
 
 import grpc
 
+from service.engine import ModelInfo, TranslationEngine
+from service.interceptors import record_model
 from service.pb.translator.v1 import translator_pb2 as pb
 from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
-from service.scheduler import BatchScheduler
-from service.types import Hypothesis, TextTokenizer
-from service.validation import RequestValidator
+from service.repository import ModelRepository
+from service.types import PartialText, RequestedOptions, Translation
+from service.validation import ServiceLimits
+
+Context: TypeAlias = "grpc.aio.ServicerContext[object, object]"
+
+STATES = {
+    "loading": pb.ModelStatus.LOADING,
+    "ready": pb.ModelStatus.READY,
+    "draining": pb.ModelStatus.DRAINING,
+    "stopped": pb.ModelStatus.DRAINING,
+}
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What ListLanguages and every response report about the served model."""
+def requested_options(options: pb.DecodingOptions) -> RequestedOptions:
+    return RequestedOptions(
+        beam_size=options.beam_size,
+        max_output_tokens=options.max_output_tokens,
+        length_penalty=options.length_penalty if options.HasField("length_penalty") else None,
+        n_best=options.n_best,
+    )
 
-    name: str
-    version: str
-    precision: str
-    provider: str  # the ONNX Runtime execution provider really in use
+
+def limits_pb(limits: ServiceLimits) -> pb.Limits:
+    return pb.Limits(
+        max_source_tokens=limits.max_source_tokens,
+        max_output_tokens=limits.max_output_tokens,
+        max_segments=limits.max_segments,
+        max_beam_size=limits.max_beam_size,
+    )
+
+
+def segment_pb(translation: Translation) -> pb.SegmentTranslation:
+    hyps = [
+        pb.Hypothesis(text=h.text, score=h.score, token_count=h.token_count)
+        for h in translation.hypotheses
+    ]
+    best = translation.best
+    return pb.SegmentTranslation(
+        text=best.text,
+        score=best.score,
+        token_count=best.token_count,
+        hypotheses=hyps,
+        source_token_count=translation.source_token_count,
+    )
 
 
 class TranslatorServicer(pb_grpc.TranslatorServicer):
-    """translator.v1.Translator on top of a `BatchScheduler`."""
+    """translator.v1.Translator on top of a `ModelRepository`."""
 
-    def __init__(
-        self,
-        scheduler: BatchScheduler,
-        validator: RequestValidator,
-        tokenizer: TextTokenizer,
-        model: ModelInfo,
-    ) -> None:
-        self._scheduler = scheduler
-        self._validator = validator
-        self._tokenizer = tokenizer
-        self._model = model
+    def __init__(self, repository: ModelRepository) -> None:
+        self._repository = repository
+
+    def _engine(self, model: str) -> TranslationEngine:
+        engine = self._repository.get(model)
+        record_model(engine.info.name)
+        return engine
 
     async def Translate(
-        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.TranslateRequest, context: Context
     ) -> pb.TranslateResponse:
-        options = self._validator.options(request.options)
-        segments = self._validator.segments(
-            request.segments, request.target_language, request.source_language, options
+        engine = self._engine(request.model)
+        translations = await engine.translate(
+            request.segments,
+            request.target_language,
+            request.source_language,
+            requested_options(request.options),
+            context.time_remaining(),
         )
-        results = await self._scheduler.translate(segments, context.time_remaining())
         return pb.TranslateResponse(
-            translations=[
-                self._segment(src, hyps) for (src, _), hyps in zip(segments, results, strict=True)
-            ],
-            model_name=self._model.name,
-            model_version=self._model.version,
+            translations=[segment_pb(t) for t in translations],
+            model_name=engine.info.name,
+            model_version=engine.info.version,
         )
 
     async def TranslateStream(
-        self, request: pb.TranslateStreamRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.TranslateStreamRequest, context: Context
     ) -> AsyncIterator[pb.TranslateStreamResponse]:
-        options = self._validator.options(request.options)
-        ((source, options),) = self._validator.segments(
-            [request.text], request.target_language, request.source_language, options
+        engine = self._engine(request.model)
+        name, version = engine.info.name, engine.info.version
+        updates = engine.stream(
+            request.text,
+            request.target_language,
+            request.source_language,
+            requested_options(request.options),
+            context.time_remaining(),
         )
-        name, version = self._model.name, self._model.version
-        async for update in self._scheduler.stream(source, options, context.time_remaining()):
-            if update.hypotheses is None:
-                partial = pb.PartialTranslation(
-                    text=self._tokenizer.decode(update.committed), token_count=len(update.committed)
-                )
+        async for update in updates:
+            if isinstance(update, PartialText):
+                partial = pb.PartialTranslation(text=update.text, token_count=update.token_count)
                 yield pb.TranslateStreamResponse(
                     partial=partial, model_name=name, model_version=version
                 )
             else:
-                final = self._segment(source, update.hypotheses)
                 yield pb.TranslateStreamResponse(
-                    final=final, model_name=name, model_version=version
+                    final=segment_pb(update), model_name=name, model_version=version
                 )
 
     async def ListLanguages(
-        self, request: pb.ListLanguagesRequest, context: grpc.aio.ServicerContext[object, object]
+        self, request: pb.ListLanguagesRequest, context: Context
     ) -> pb.ListLanguagesResponse:
-        limits = self._validator.limits
+        info = self._engine(request.model).info
         return pb.ListLanguagesResponse(
-            source_language=limits.source_language,
-            target_languages=limits.languages,
-            model_name=self._model.name,
-            model_version=self._model.version,
-            precision=self._model.precision,
-            provider=self._model.provider,
-            limits=limits.to_pb(),
+            source_language=info.limits.source_language,
+            target_languages=info.limits.languages,
+            model_name=info.name,
+            model_version=info.version,
+            precision=info.precision,
+            provider=info.provider,
+            limits=limits_pb(info.limits),
         )
 
-    def _segment(
-        self, source: tuple[int, ...], hypotheses: tuple[Hypothesis, ...]
-    ) -> pb.SegmentTranslation:
-        hyps = [
-            pb.Hypothesis(text=self._tokenizer.decode(h.ids), score=h.score, token_count=len(h.ids))
-            for h in hypotheses
-        ]
-        best = hyps[0]
-        return pb.SegmentTranslation(
-            text=best.text,
-            score=best.score,
-            token_count=best.token_count,
-            hypotheses=hyps,
-            source_token_count=len(source),
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[_status(e.info, e.state) for e in self._repository.engines()],
+            default_model=self._repository.default,
         )
+
+
+def _status(info: ModelInfo, state: str) -> pb.ModelStatus:
+    return pb.ModelStatus(
+        name=info.name,
+        version=info.version,
+        source_language=info.limits.source_language,
+        target_languages=info.limits.languages,
+        limits=limits_pb(info.limits),
+        precision=info.precision,
+        provider=info.provider,
+        state=STATES[state],
+    )

@@ -2,33 +2,25 @@
 
 Every field has a default, a bound and a docstring; `TRANSLATOR_MAX_ACTIVE_ROWS=1` turns
 batching off, `TRANSLATOR_DEVICE=cuda` refuses to start without CUDA.
+
+`EngineSettings` are the ones a model may override in a repository (`DIR/<name>/settings.json`,
+e.g. `{"max_active_rows": 16, "threads": 1}`); `ServiceSettings` adds the server-wide ones.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ServiceSettings(BaseSettings):
-    """Everything the operator can set, read once at startup."""
+class EngineSettings(BaseModel):
+    """How one model is run: device, threads, batch and queue limits."""
 
-    model_config = SettingsConfigDict(env_prefix="TRANSLATOR_", frozen=True, extra="forbid")
-
-    host: str = "0.0.0.0"
-    """Address the gRPC server and the metrics endpoint bind to."""
-
-    port: int = Field(default=50051, ge=0, le=65535)
-    """gRPC port; 0 picks a free one (printed in the startup log line)."""
-
-    metrics_port: int = Field(default=9464, ge=0, le=65535)
-    """Prometheus /metrics port, separate from gRPC; 0 picks a free one."""
-
-    bundle_path: Path = Path("models/default")
-    """The model bundle directory written by `python -m export`."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`cuda` fails at startup when CUDA is unusable; `auto` falls back to CPU with a warning."""
@@ -58,6 +50,47 @@ class ServiceSettings(BaseSettings):
     queue_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     """Longest wait for admission when the client sets no earlier gRPC deadline."""
 
+    warmup: bool = True
+    """Run one translation per language before reporting ready."""
+
+
+ENGINE_FIELDS = frozenset(EngineSettings.model_fields)
+OVERRIDES_FILE = "settings.json"
+
+
+class SettingsFileError(ValueError):
+    """A model's settings file is unreadable or sets an unknown or out-of-range value."""
+
+
+class ServiceSettings(BaseSettings, EngineSettings):
+    """Everything the operator can set, read once at startup."""
+
+    model_config = SettingsConfigDict(env_prefix="TRANSLATOR_", frozen=True, extra="forbid")
+
+    host: str = "0.0.0.0"
+    """Address the gRPC server and the metrics endpoint bind to."""
+
+    port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port; 0 picks a free one (printed in the startup log line)."""
+
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Prometheus /metrics port, separate from gRPC; 0 picks a free one."""
+
+    bundle_path: Path = Path("models/default")
+    """One model: the bundle directory written by `python -m export` (unused with a repository)."""
+
+    model_repository: Path | None = None
+    """Several models: each `DIR/<name>/` is a bundle, or holds versions `DIR/<name>/<N>/`
+    (integers; the highest is served). Replaces bundle_path when set."""
+
+    default_model: str = ""
+    """The model that answers requests naming none; empty: the repository's only model, or the
+    one named `default`."""
+
+    repository_poll_s: float = Field(default=10.0, ge=0.0, le=3600.0)
+    """How often the repository is scanned for new, changed or removed models (0: only on
+    SIGHUP). A new version is loaded and warmed up beside the old one, then replaces it."""
+
     grace_period_s: float = Field(default=10.0, ge=0.0, le=600.0)
     """On SIGTERM: how long in-flight requests may take to finish before they are cancelled."""
 
@@ -67,8 +100,36 @@ class ServiceSettings(BaseSettings):
     reflection: bool = True
     """Serve gRPC server reflection (handy in development; turn off in production)."""
 
-    warmup: bool = True
-    """Run one translation per language before reporting ready."""
-
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of the service's own loggers."""
+
+    def engine(self, overrides: dict[str, Any] | None = None) -> EngineSettings:
+        """The engine settings of one model: these, with the model's own overrides."""
+        values = self.model_dump(include=set(ENGINE_FIELDS)) | (overrides or {})
+        return EngineSettings(**values)
+
+
+def engine_settings(settings: ServiceSettings, model_dir: Path) -> EngineSettings:
+    """`settings.engine()` with `model_dir/settings.json` applied, if there is one.
+
+    Raises:
+        SettingsFileError: naming the file and the key that is wrong.
+    """
+    path = model_dir / OVERRIDES_FILE
+    if not path.is_file():
+        return settings.engine()
+    try:
+        overrides = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SettingsFileError(f"{path}: not a readable JSON object ({error})") from None
+    if not isinstance(overrides, dict):
+        raise SettingsFileError(f"{path}: not a JSON object")
+    try:
+        return settings.engine(overrides)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise SettingsFileError(
+            f"{path}: {problems} (allowed keys: {', '.join(sorted(ENGINE_FIELDS))})"
+        ) from None

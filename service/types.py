@@ -25,6 +25,17 @@ class TextTokenizer(Protocol):
 
 
 @dataclass(frozen=True)
+class RequestedOptions:
+    """Decoding options as a client asked for them (any front end): 0 or None means the model's
+    default. `validation` turns them into `DecodingOptions`."""
+
+    beam_size: int = 0
+    max_output_tokens: int = 0
+    length_penalty: float | None = None
+    n_best: int = 0
+
+
+@dataclass(frozen=True)
 class DecodingOptions:
     """Validated decoding options, shared by the segments of a request."""
 
@@ -101,3 +112,32 @@ class StepResult:
     rows: int  # rows in the decoder step (0: no step ran)
     step_seconds: float  # decoder step wall time
     decoder_padding: float = 1.0  # real / total self-attention slots of the step, in (0, 1]
+
+
+@dataclass(frozen=True)
+class TranslatedText:
+    """One hypothesis as text, for a front end to send."""
+
+    text: str
+    score: float
+    token_count: int  # generated tokens, end-of-sentence included
+
+
+@dataclass(frozen=True)
+class Translation:
+    """A finished segment: its n_best hypotheses, best first."""
+
+    hypotheses: tuple[TranslatedText, ...]
+    source_token_count: int
+
+    @property
+    def best(self) -> TranslatedText:
+        return self.hypotheses[0]
+
+
+@dataclass(frozen=True)
+class PartialText:
+    """The committed prefix of a segment being decoded (streaming)."""
+
+    text: str
+    token_count: int

@@ -1,4 +1,5 @@
-"""Proto requests -> validated domain values; every refusal names the limit and the value.
+"""Requested values (any front end) -> validated domain values; every refusal names the limit
+and the value.
 
 Raises `InvalidArgumentError` (-> INVALID_ARGUMENT) for empty or blank text, invalid UTF-8, too
 many segments or source tokens, an unsupported language, options out of range.
@@ -11,8 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from service.errors import InvalidArgumentError
-from service.pb.translator.v1 import translator_pb2 as pb
-from service.types import DecodingOptions, Segment, TextTokenizer
+from service.types import DecodingOptions, RequestedOptions, Segment, TextTokenizer
 
 MAX_LENGTH_PENALTY = 2.0
 # Default output cap: a translation is rarely 3x longer than its source; a model that loops then
@@ -34,14 +34,6 @@ class ServiceLimits:
     # The bundle's defaults for unset options (max_new_tokens 0: 3 x source tokens + 10).
     defaults: DecodingOptions = field(default_factory=lambda: DecodingOptions(1, 0, 1.0, 1))
 
-    def to_pb(self) -> pb.Limits:
-        return pb.Limits(
-            max_source_tokens=self.max_source_tokens,
-            max_output_tokens=self.max_output_tokens,
-            max_segments=self.max_segments,
-            max_beam_size=self.max_beam_size,
-        )
-
 
 def _in_range(name: str, value: int, low: int, high: int, limit: str) -> int:
     if not low <= value <= high:
@@ -61,7 +53,7 @@ class RequestValidator:
         self._tokenizer = tokenizer
         self.limits = limits
 
-    def options(self, options: pb.DecodingOptions) -> DecodingOptions:
+    def options(self, options: RequestedOptions) -> DecodingOptions:
         """The bundle's defaults for unset (0) fields, then range checks; max_new_tokens 0 means
         the per-segment default, resolved by `segments`."""
         lim, default = self.limits, self.limits.defaults
@@ -82,7 +74,7 @@ class RequestValidator:
         n_best = options.n_best or min(default.n_best, beam)
         n_best = _in_range("options.n_best", n_best, 1, beam, "at most beam_size")
         penalty = (
-            options.length_penalty if options.HasField("length_penalty") else default.length_penalty
+            default.length_penalty if options.length_penalty is None else options.length_penalty
         )
         if not (math.isfinite(penalty) and 0.0 <= penalty <= MAX_LENGTH_PENALTY):
             raise InvalidArgumentError(

@@ -258,3 +258,14 @@ def build_marian_dir(
         str(source_spm), str(target_spm), str(directory / "vocab.json")
     ).save_pretrained(directory)
     return directory
+
+
+def import_and_export(directory: Path, work: Path) -> Path:
+    """`python -m model.import_hf` then `python -m export` (parity-gated): the bundle directory."""
+    from export.pipeline import export_bundle
+    from model.import_hf import main as import_hf
+
+    checkpoint, bundle = work / "checkpoint", work / "bundle"
+    import_hf([str(directory), "--out", str(checkpoint)])
+    export_bundle(checkpoint, bundle, "fp32", [], threads=2)
+    return bundle

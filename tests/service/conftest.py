@@ -16,6 +16,8 @@ from service.bundle import load_bundle
 from service.metrics import Metrics
 from service.scheduler import BatchScheduler, SchedulerLimits
 
+TEST_MODEL = "test"
+
 
 @pytest_asyncio.fixture
 async def make_scheduler():
@@ -34,7 +36,7 @@ async def make_scheduler():
         limits = SchedulerLimits(
             max_active_rows, max_tokens_in_flight, max_queued, queue_timeout_s, admit_every_steps
         )
-        scheduler = BatchScheduler(runner, limits, metrics or Metrics())
+        scheduler = BatchScheduler(runner, limits, (metrics or Metrics()).for_model(TEST_MODEL))
         scheduler.start()
         scheduler.open()
         made.append(scheduler)
@@ -52,6 +54,22 @@ def service_bundle(request: pytest.FixtureRequest) -> Path:
     if os.environ.get("TRANSLATOR_TEST_BUNDLE"):
         return Path(os.environ["TRANSLATOR_TEST_BUNDLE"])
     return Path(request.getfixturevalue("tiny_bundle"))
+
+
+@pytest.fixture(scope="session")
+def marian_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random OPUS-MT-shaped en-de model, as `save_pretrained` writes it."""
+    from tests.hf_marian import build_marian_dir
+
+    return build_marian_dir(tmp_path_factory.mktemp("marian") / "opus-mt-en-de", max_length=24)
+
+
+@pytest.fixture(scope="session")
+def marian_bundle(marian_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Marian model imported and exported (parity-gated)."""
+    from tests.hf_marian import import_and_export
+
+    return import_and_export(marian_dir, tmp_path_factory.mktemp("en-de"))
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,24 @@ plus helpers to call it and to read its metrics."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
+from service.engine import TranslationEngine
 from service.pb.translator.v1 import translator_pb2 as pb
 from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
 from service.server import TranslationServer
 from service.settings import ServiceSettings
+
+T = TypeVar("T")
 
 
 class ServerThread:
@@ -39,9 +43,27 @@ class ServerThread:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> ServerThread:
+        """Start and wait until ready; a startup error is raised here (the loop is stopped)."""
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=120)
+        try:
+            self.call(self.server.start(), timeout=120)
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            raise
         return self
+
+    def call(self, work: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run a coroutine on the server's event loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout=timeout)
+
+    @staticmethod
+    def wait_until(done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "timed out"
+            gc.collect()
+            time.sleep(0.05)
 
     def stop(self, grace: float = 1.0) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result(timeout=60)
@@ -63,7 +85,7 @@ class ServerThread:
     @contextmanager
     def patched_step(self, wrap: Callable[[Callable[[Any], Any], Any], Any]) -> Iterator[None]:
         """Replace the runner's step by `wrap(real_step, plan)` inside the block."""
-        runner = self.server._scheduler._runner  # type: ignore[union-attr]
+        runner = self.engine().runner
         real_step = runner.step
         runner.step = lambda plan: wrap(real_step, plan)  # type: ignore[method-assign]
         try:
@@ -75,8 +97,8 @@ class ServerThread:
     def replaced_runner(self, runner: Any) -> Iterator[None]:
         """Decode with `runner` (e.g. a FakeRunner whose output lengths are known) inside the
         block; the gRPC server, validation and scheduler stay real. Use it while idle."""
-        scheduler = self.server._scheduler
-        assert scheduler is not None and scheduler.idle
+        scheduler = self.engine().scheduler
+        assert scheduler.idle
         real = scheduler._runner
         scheduler._runner = runner
         try:
@@ -97,10 +119,21 @@ class ServerThread:
 
         return self.patched_step(slow)
 
+    def engine(self, model: str = "") -> TranslationEngine:
+        """The engine serving `model` ("" = the default model)."""
+        return self.server.repository.get(model)
+
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
-        """The value of one sample in the current scrape (0 when absent)."""
-        registry = self.server.metrics.registry
-        return float(registry.get_sample_value(name, labels or {}) or 0.0)
+        """The sum of the samples `name` whose labels include `labels` (0 when none)."""
+        wanted = (labels or {}).items()
+        return float(
+            sum(
+                sample.value
+                for metric in self.server.metrics.registry.collect()
+                for sample in metric.samples
+                if sample.name == name and wanted <= sample.labels.items()
+            )
+        )
 
 
 def translate_request(

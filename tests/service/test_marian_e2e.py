@@ -22,11 +22,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import MarianMTModel, MarianTokenizer
 
-from export.pipeline import export_bundle
 from model.import_hf import main as import_hf
 from service.pb.translator.v1 import translator_pb2 as pb
 from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
-from tests.hf_marian import SOURCE_WORDS, build_marian_dir
+from tests.hf_marian import SOURCE_WORDS, build_marian_dir, import_and_export
 from tests.service.service_harness import ServerThread, translate_request
 
 MAX_LENGTH = 24  # the generation config's max_length: at most 23 new tokens
@@ -48,10 +47,10 @@ def _sentences(count: int, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def marian_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def marian_dirs(marian_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("marian")
     return {
-        "safetensors": build_marian_dir(root / "opus-mt-en-de", max_length=MAX_LENGTH),
+        "safetensors": marian_dir,
         "bin": build_marian_dir(
             root / "bin" / "opus-mt-en-de", weights="bin", max_length=MAX_LENGTH
         ),
@@ -61,16 +60,9 @@ def marian_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _import_and_export(directory: Path, work: Path) -> Path:
-    checkpoint, bundle = work / "checkpoint", work / "bundle"
-    import_hf([str(directory), "--out", str(checkpoint)])
-    export_bundle(checkpoint, bundle, "fp32", [], threads=2)
-    return bundle
-
-
 @pytest.fixture(scope="module")
-def bundle(marian_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _import_and_export(marian_dirs["safetensors"], tmp_path_factory.mktemp("en-de"))
+def bundle(marian_bundle: Path) -> Path:
+    return marian_bundle
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +231,7 @@ def test_a_multilingual_model_serves_each_of_its_targets(
     marian_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     directory = marian_dirs["multi"]
-    bundle = _import_and_export(directory, tmp_path)
+    bundle = import_and_export(directory, tmp_path)
     hf = _transformers(directory)
     texts = _sentences(20, seed=11)
     running = ServerThread(bundle).start()

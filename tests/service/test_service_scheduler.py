@@ -275,8 +275,8 @@ async def test_random_cancellations_at_every_stage_lose_nothing_and_leak_no_rows
         else:
             assert result == fake_output(source(n), 64)
     await until(lambda: scheduler.idle)
-    assert metrics.registry.get_sample_value("translator_active_rows") == 0
-    assert metrics.registry.get_sample_value("translator_queue_depth") == 0
+    assert metrics.registry.get_sample_value("translator_active_rows", {"model": "test"}) == 0
+    assert metrics.registry.get_sample_value("translator_queue_depth", {"model": "test"}) == 0
     assert not runner.live  # no zombie row keeps decoding
 
 
