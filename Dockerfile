@@ -4,6 +4,9 @@
 #   docker build -t REGISTRY/translator:TAG .
 #   docker run --rm -p 50051:50051 -p 9464:9464 REGISTRY/translator:TAG            # CPU
 #   docker run --rm --gpus all -e TRANSLATOR_DEVICE=cuda -p 50051:50051 REGISTRY/translator:TAG
+#   # several models, new versions picked up while it runs (see deploy/README.md):
+#   docker run --rm -v "$PWD/repository:/models:ro" -e TRANSLATOR_MODEL_REPOSITORY=/models \
+#       -p 50051:50051 REGISTRY/translator:TAG
 #
 # Two stages on the same base, so the virtual environment built in the first runs in the second:
 # - builder: the runtime set is pyproject.toml's `project.dependencies` (the single source of
@@ -25,8 +28,11 @@
 # (checkpoints/default). `make model` rebuilds both from scratch (training, then export); `make
 # bundle` re-exports the bundle from the shipped checkpoint. Nothing is trained in a builder stage:
 # training needs torch and ~10 CPU-minutes, and an image build should package an artefact that
-# has been evaluated, not produce a new one. A bigger model is mounted over it, or anywhere else
-# with TRANSLATOR_BUNDLE_PATH pointing at it (see deploy/README.md).
+# has been evaluated, not produce a new one. The image serves that bundle on its own
+# (TRANSLATOR_BUNDLE_PATH, below); other models are served from a model repository mounted into
+# the container (TRANSLATOR_MODEL_REPOSITORY, set by the Kubernetes manifests rather than here, so
+# that the image still runs without a volume). The Kubernetes deployment seeds an empty repository
+# with this bundle as default/1 (deploy/README.md).
 # Pin the base by digest in your registry mirror for reproducible builds.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -50,11 +56,12 @@ COPY protos/ protos/
 COPY service/ service/
 # The same protoc invocation as `make proto`: stubs land in service/pb/ as the package service.pb.
 RUN rm -rf service/pb \
-    && mkdir -p service/pb/translator/v1 \
+    && mkdir -p service/pb/translator/v1 service/pb/inference \
     && /opt/buildtools/bin/python -m grpc_tools.protoc -Iservice/pb=protos \
         --python_out=. --grpc_python_out=. protos/translator/v1/translator.proto \
+        protos/inference/grpc_predict_v2.proto \
     && touch service/pb/__init__.py service/pb/translator/__init__.py \
-        service/pb/translator/v1/__init__.py \
+        service/pb/translator/v1/__init__.py service/pb/inference/__init__.py \
     && /opt/venv/bin/python -m compileall -q service
 
 FROM ${PYTHON_IMAGE} AS runtime
@@ -81,6 +88,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRANSLATOR_REFLECTION=false
 USER 10001:10001
 EXPOSE 50051 9464
-# Python is PID 1 and installs its own SIGTERM handler (drain, then exit 0); the service starts
-# no child processes, so no init process is needed to forward signals or reap zombies.
+# Python is PID 1 and installs its own SIGTERM handler (drain, then exit 0) and SIGHUP handler
+# (rescan the model repository now); the service starts no child processes, so no init process
+# is needed to forward signals or reap zombies.
 ENTRYPOINT ["python", "-m", "service"]

@@ -22,8 +22,8 @@ from bench.service_load import bench_sentences, write_results
 from service.engine import TranslationEngine
 from service.metrics import Metrics
 from service.runner import Seq2SeqRunner
-from service.scheduler import BatchScheduler, SchedulerLimits
-from service.settings import ServiceSettings
+from service.scheduler import BatchScheduler
+from service.settings import EngineSettings, ServiceSettings
 from service.types import RequestedOptions, Segment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,14 +74,7 @@ async def _load(
 async def measure(
     runner: Seq2SeqRunner, segments: list[Segment], rows: int, args: argparse.Namespace
 ) -> EngineFigures:
-    defaults = ServiceSettings()
-    limits = SchedulerLimits(
-        rows,
-        defaults.max_tokens_in_flight,
-        defaults.max_queued_requests,
-        defaults.queue_timeout_s,
-        defaults.admit_every_steps,
-    )
+    limits = EngineSettings(max_active_rows=rows)
     scheduler = BatchScheduler(runner, limits, Metrics().for_model("bench"))
     scheduler.start()
     scheduler.open()

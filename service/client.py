@@ -4,6 +4,7 @@
     echo "How are you?" | python -m service.client --to fr
     python -m service.client --to de --beam 4 --n-best 2 "forty-two"
     python -m service.client --to de --stream "It is a long sentence."
+    python -m service.client --model en-de "Good morning."
     python -m service.client --list
 
 Each argument (or each stdin line) is one segment; one output line per segment (per hypothesis
@@ -31,15 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--to", dest="target", default="de", help="target language (default de)")
     parser.add_argument("--address", default="localhost:50051", help="host:port of the service")
-    parser.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    parser.add_argument("--n-best", type=int, default=1, help="hypotheses per segment")
+    parser.add_argument("--model", default="", help="model name (default: the server's default)")
+    parser.add_argument(
+        "--beam", type=int, default=0, help="beam size (1 = greedy; 0 = the model's default)"
+    )
+    parser.add_argument(
+        "--n-best", type=int, default=0, help="hypotheses per segment (0 = the model's default)"
+    )
     parser.add_argument(
         "--max-tokens", type=int, default=0, help="max output tokens (0 = model limit)"
     )
     parser.add_argument("--length-penalty", type=float, default=None, help="beam length penalty")
     parser.add_argument("--stream", action="store_true", help="stream partial output (one segment)")
     parser.add_argument(
-        "--list", action="store_true", help="print the model's languages and limits"
+        "--list", action="store_true", help="print the loaded models, languages and limits"
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     return parser
@@ -56,7 +62,10 @@ def _options(args: argparse.Namespace) -> pb.DecodingOptions:
 
 def _translate(stub: pb_grpc.TranslatorStub, args: argparse.Namespace, segments: list[str]) -> None:
     request = pb.TranslateRequest(
-        segments=[s.encode() for s in segments], target_language=args.target, options=_options(args)
+        segments=[s.encode() for s in segments],
+        target_language=args.target,
+        options=_options(args),
+        model=args.model,
     )
     response = stub.Translate(request, timeout=args.timeout)
     for translation in response.translations:
@@ -69,7 +78,7 @@ def _translate(stub: pb_grpc.TranslatorStub, args: argparse.Namespace, segments:
 
 def _stream(stub: pb_grpc.TranslatorStub, args: argparse.Namespace, segment: str) -> None:
     request = pb.TranslateStreamRequest(
-        text=segment.encode(), target_language=args.target, options=_options(args)
+        text=segment.encode(), target_language=args.target, options=_options(args), model=args.model
     )
     for message in stub.TranslateStream(request, timeout=args.timeout):
         if message.HasField("partial"):
@@ -79,15 +88,23 @@ def _stream(stub: pb_grpc.TranslatorStub, args: argparse.Namespace, segment: str
 
 
 def _list(stub: pb_grpc.TranslatorStub, args: argparse.Namespace) -> None:
-    info = stub.ListLanguages(pb.ListLanguagesRequest(), timeout=args.timeout)
-    print(f"model {info.model_name} {info.model_version} ({info.precision}, {info.provider})")
-    print(f"{info.source_language} -> {', '.join(info.target_languages)}")
-    print(str(info.limits).strip().replace("\n", ", "))
+    listing = stub.ListModels(pb.ListModelsRequest(), timeout=args.timeout)
+    for model in listing.models:
+        default = " (default)" if model.name == listing.default_model else ""
+        state = pb.ModelStatus.State.Name(model.state)
+        print(
+            f"model {model.name}{default} version {model.version} {state}"
+            f" ({model.precision}, {model.provider})"
+        )
+        print(f"  {model.source_language} -> {', '.join(model.target_languages)}")
+        print("  " + str(model.limits).strip().replace("\n", ", "))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    segments = list(args.text) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    segments = list(args.text)
+    if not segments and not args.list:
+        segments = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     with grpc.insecure_channel(args.address) as channel:
         stub = pb_grpc.TranslatorStub(channel)
         try:

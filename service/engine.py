@@ -19,7 +19,7 @@ from typing import Literal
 from service.bundle import Bundle, Manifest, load_bundle
 from service.metrics import ModelMetrics
 from service.runner import Seq2SeqRunner
-from service.scheduler import BatchScheduler, SchedulerLimits
+from service.scheduler import BatchScheduler
 from service.search import DecodingRules
 from service.sessions import OrtSessions
 from service.settings import EngineSettings
@@ -80,16 +80,6 @@ def service_limits(manifest: Manifest, settings: EngineSettings) -> ServiceLimit
     )
 
 
-def scheduler_limits(settings: EngineSettings) -> SchedulerLimits:
-    return SchedulerLimits(
-        max_active_rows=settings.max_active_rows,
-        max_tokens_in_flight=settings.max_tokens_in_flight,
-        max_queued=settings.max_queued_requests,
-        queue_timeout_s=settings.queue_timeout_s,
-        admit_every_steps=settings.admit_every_steps,
-    )
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     """What ListModels, ListLanguages and every response report about one served model."""
@@ -127,7 +117,7 @@ class TranslationEngine:
         self.settings = settings
         self.tokenizer: TextTokenizer = load_tokenizer(bundle)
         self.runner = Seq2SeqRunner(sessions, manifest.special_tokens, decoding_rules(manifest))
-        self.scheduler = BatchScheduler(self.runner, scheduler_limits(settings), metrics)
+        self.scheduler = BatchScheduler(self.runner, settings, metrics)
         self.validator = RequestValidator(self.tokenizer, info.limits)
         self.state: EngineState = "loading"
 

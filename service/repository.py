@@ -50,7 +50,7 @@ class ModelSource:
     version: str  # the version directory's name; "" for a bundle without versions
     path: Path  # the bundle directory
     stamp: tuple[int, int]  # manifest.json's (mtime_ns, size): a rewritten bundle is reloaded
-    settings_dir: Path  # where the model's settings.json may be
+    model_dir: Path  # the model's directory, where its settings.json may be
 
 
 def _stamp(bundle: Path) -> tuple[int, int]:
@@ -58,19 +58,19 @@ def _stamp(bundle: Path) -> tuple[int, int]:
     return stat.st_mtime_ns, stat.st_size
 
 
-def _model_source(model_dir: Path) -> ModelSource | None:
-    """The version of `model_dir` to serve, or None when it holds no bundle yet."""
+def model_versions(model_dir: Path) -> list[ModelSource]:
+    """The bundles of `model_dir`, newest first: itself, or its complete version directories."""
     if (model_dir / MANIFEST_FILE).is_file():
-        return ModelSource(model_dir.name, "", model_dir, _stamp(model_dir), model_dir)
+        return [ModelSource(model_dir.name, "", model_dir, _stamp(model_dir), model_dir)]
     versions = sorted(
-        (int(d.name), d)
-        for d in model_dir.iterdir()
-        if d.is_dir() and d.name.isdigit() and (d / MANIFEST_FILE).is_file()
+        ((int(d.name), d) for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()),
+        reverse=True,
     )
-    if not versions:
-        return None
-    number, path = versions[-1]
-    return ModelSource(model_dir.name, str(number), path, _stamp(path), model_dir)
+    return [
+        ModelSource(model_dir.name, str(number), path, _stamp(path), model_dir)
+        for number, path in versions
+        if (path / MANIFEST_FILE).is_file()
+    ]
 
 
 def scan_repository(root: Path) -> dict[str, ModelSource]:
@@ -86,9 +86,9 @@ def scan_repository(root: Path) -> dict[str, ModelSource]:
         if not MODEL_NAME.fullmatch(child.name):
             log.warning("%s: ignored; a model name is letters, digits, '.', '_', '-'", child)
             continue
-        source = _model_source(child)
-        if source is not None:
-            found[source.name] = source
+        versions = model_versions(child)
+        if versions:
+            found[child.name] = versions[0]
     return found
 
 
@@ -153,7 +153,8 @@ class ModelRepository:
         return scan_repository(root) if root else single_bundle(self._settings.bundle_path)
 
     async def start(self) -> None:
-        """Load every model; any that fails stops the startup.
+        """Load every model. A version that fails is refused as a rescan refuses it, and the
+        next older one is tried; a model none of whose versions loads stops the startup.
 
         Raises:
             BundleError, DeviceError, SettingsFileError, ValueError: naming the file or setting.
@@ -166,7 +167,17 @@ class ModelRepository:
             )
         self.default = self._default_model(sorted(sources))
         for source in sources.values():
-            self._install(await self._open(source), source)
+            self._install(*await self._open_newest(source))
+
+    async def _open_newest(self, source: ModelSource) -> tuple[TranslationEngine, ModelSource]:
+        """The newest version of `source`'s model that loads; newer ones are refused."""
+        candidates = model_versions(source.model_dir) if source.version else [source]
+        for candidate in candidates[:-1]:
+            try:
+                return await self._open(candidate), candidate
+            except LOAD_ERRORS as error:
+                self._refuse(candidate, error)
+        return await self._open(candidates[-1]), candidates[-1]
 
     def _default_model(self, names: list[str]) -> str:
         wanted = self._settings.default_model
@@ -212,18 +223,21 @@ class ModelRepository:
                 try:
                     engine = await self._open(source)
                 except LOAD_ERRORS as error:
-                    log.error("model %s %s refused: %s", name, source.version or "-", error)
-                    self._metrics.model_loads.labels(name, "failed").inc()
-                    self._refused[name] = source
+                    self._refuse(source, error)
                     continue
                 self._install(engine, source)
             for name in sorted(set(self._served) - set(sources)):
                 self._remove(name)
 
+    def _refuse(self, source: ModelSource, error: Exception) -> None:
+        log.error("model %s %s refused: %s", source.name, source.version or "-", error)
+        self._metrics.model_loads.labels(source.name, "failed").inc()
+        self._refused[source.name] = source
+
     async def _open(self, source: ModelSource) -> TranslationEngine:
         """Load and warm up off the event loop, then start. Raises what `load` raises."""
         loop = asyncio.get_running_loop()
-        settings = engine_settings(self._settings, source.settings_dir)
+        settings = engine_settings(self._settings, source.model_dir)
         metrics = self._metrics.for_model(source.name)
         engine = await loop.run_in_executor(
             None,
@@ -240,7 +254,6 @@ class ModelRepository:
         name, info = source.name, engine.info
         old = self._engines.get(name)
         self._engines[name], self._served[name] = engine, source
-        self._refused.pop(name, None)
         self._metrics.model_loaded(name, info.version, info.provider, self._service_version)
         self._spawn(self._health.model_ready(name))
         self._spawn(self._watch_engine(engine))

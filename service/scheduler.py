@@ -41,6 +41,7 @@ from typing import Literal, Protocol
 
 from service.errors import DrainingError, EngineError, QueueFullError, QueueTimeoutError
 from service.metrics import ModelMetrics
+from service.settings import EngineSettings
 from service.types import (
     DecodingOptions,
     EncodedSegments,
@@ -75,17 +76,6 @@ class StepRunner(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class SchedulerLimits:
-    """Admission limits (see settings.ServiceSettings for their meaning)."""
-
-    max_active_rows: int
-    max_tokens_in_flight: int
-    max_queued: int
-    queue_timeout_s: float
-    admit_every_steps: int = 1  # encoded segments join a running batch at most every N steps
-
-
 @dataclass(eq=False)
 class _Ticket:
     """One segment from submission to its last update."""
@@ -110,7 +100,7 @@ class BatchScheduler:
         metrics: where queue, batch and token figures go.
     """
 
-    def __init__(self, runner: StepRunner, limits: SchedulerLimits, metrics: ModelMetrics) -> None:
+    def __init__(self, runner: StepRunner, limits: EngineSettings, metrics: ModelMetrics) -> None:
         self._runner = runner
         self._limits = limits
         self._metrics = metrics
@@ -234,10 +224,10 @@ class BatchScheduler:
         with self._lock:
             if not self._accepting or self._broken or not self.alive:
                 raise DrainingError("the service is not accepting requests (starting or draining)")
-            if len(self._queue) + len(segments) > self._limits.max_queued:
+            if len(self._queue) + len(segments) > self._limits.max_queued_requests:
                 raise QueueFullError(
                     f"queue full: {len(self._queue)} segments waiting, "
-                    f"limit {self._limits.max_queued}"
+                    f"limit {self._limits.max_queued_requests}"
                 )
             tickets = [
                 _Ticket(SegmentJob(next(self._ids), tuple(src), options), deadline, streaming)

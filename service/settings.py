@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -82,6 +82,11 @@ class ServiceSettings(BaseSettings, EngineSettings):
     model_repository: Path | None = None
     """Several models: each `DIR/<name>/` is a bundle, or holds versions `DIR/<name>/<N>/`
     (integers; the highest is served). Replaces bundle_path when set."""
+
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
 
     default_model: str = ""
     """The model that answers requests naming none; empty: the repository's only model, or the

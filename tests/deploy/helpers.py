@@ -23,7 +23,7 @@ DASHBOARD = DEPLOY / "base" / "dashboards" / "translator.json"
 CRD_GROUPS = frozenset({"monitoring.coreos.com", "keda.sh"})
 
 # Values for the dashboard's Grafana variables when its queries are evaluated outside Grafana.
-GRAFANA_VARIABLES = {"namespace": "translator", "pod": ".*"}
+GRAFANA_VARIABLES = {"namespace": "translator", "pod": ".*", "model": ".*"}
 
 
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -1,15 +1,17 @@
-"""End to end: the service on a tiny bundle, a real Prometheus scraping it, every query evaluated.
+"""End to end: the service on two models, a real Prometheus scraping it, every query evaluated.
 
 `python -m service` runs as a subprocess, configured only through TRANSLATOR_* variables as in
-the pod, on the session's `tiny_bundle` (tests/conftest.py) or on the bundle directory named by
-TRANSLATOR_TEST_BUNDLE. Debian's prometheus (scripts/fetch_prometheus.sh) scrapes it every second
-on loopback, with the target labels the ServiceMonitor would add (namespace, pod, accelerator)
-and the rendered alert rules loaded. A short, bounded load runs (a few seconds of Translate,
+the pod, on a model repository of two models (`default/1/` and `second/`), both the session's
+`tiny_bundle` (tests/conftest.py) or the bundle directory named by TRANSLATOR_TEST_BUNDLE.
+Debian's prometheus (scripts/fetch_prometheus.sh) scrapes it every second on loopback, with the
+target labels the ServiceMonitor would add (namespace, pod, accelerator) and the rendered alert
+rules loaded. A short, bounded load runs (a few seconds of Translate,
 TranslateStream, ListLanguages and invalid requests). Then:
 
 - every query of the dashboard (Grafana variables substituted) and of the autoscaler must
   parse and return at least one finite sample;
 - every alert expression must parse, and Prometheus must have evaluated every rule without error;
+- every model has its own series (build_info, requests, latency) under its `model` label;
 - the service reports the CPU provider, and exits 0 on SIGTERM after the load.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +53,7 @@ from tests.deploy.helpers import (
 )
 
 LOAD_SECONDS = 6.0
+MODELS = ("default", "second")
 STARTUP_TIMEOUT_S = 180.0
 # The dashboard's $__rate_interval: a window that covers the whole load.
 RATE_INTERVAL = "2m"
@@ -100,11 +104,14 @@ def service(e2e_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """`python -m service` on loopback; stopped with SIGTERM, which must drain and exit 0."""
     grpc_port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSLATOR_")}
+    repository = tmp_path_factory.mktemp("repository")
+    shutil.copytree(e2e_bundle, repository / "default" / "1")
+    shutil.copytree(e2e_bundle, repository / MODELS[1])
     env |= {
         "TRANSLATOR_HOST": "127.0.0.1",
         "TRANSLATOR_PORT": str(grpc_port),
         "TRANSLATOR_METRICS_PORT": str(metrics_port),
-        "TRANSLATOR_BUNDLE_PATH": str(e2e_bundle),
+        "TRANSLATOR_MODEL_REPOSITORY": str(repository),
         "TRANSLATOR_DEVICE": "cpu",
         "TRANSLATOR_THREADS": "1",
         "TRANSLATOR_MAX_ACTIVE_ROWS": "16",
@@ -216,9 +223,12 @@ def send_load(address: str, seconds: float) -> Counter[str]:
             segments = [s.encode() for s in SENTENCES[: 1 + i % 3]]
             calls = [
                 stub.Translate.future(
-                    pb.TranslateRequest(segments=segments, target_language=target), timeout=30
+                    pb.TranslateRequest(
+                        segments=segments, target_language=target, model=MODELS[k % 2]
+                    ),
+                    timeout=30,
                 )
-                for _ in range(4)
+                for k in range(4)
             ]
             if i % 4 == 0:  # bad input: an empty segment
                 calls.append(
@@ -228,7 +238,9 @@ def send_load(address: str, seconds: float) -> Counter[str]:
                 )
             stream = stub.TranslateStream(
                 pb.TranslateStreamRequest(
-                    text=SENTENCES[i % len(SENTENCES)].encode(), target_language=target
+                    text=SENTENCES[i % len(SENTENCES)].encode(),
+                    target_language=target,
+                    model=MODELS[i % 2],
                 ),
                 timeout=30,
             )
@@ -292,5 +304,20 @@ def test_every_query_works_against_a_live_prometheus(
     assert all(h == "ok" for h, _ in health.values()), health
 
     info = api(prometheus, "/api/v1/query", query="translator_build_info")["data"]["result"]
-    assert [s["metric"]["provider"] for s in info] == ["CPUExecutionProvider"], info
+    assert sorted(s["metric"]["model"] for s in info) == sorted(MODELS), info
+    assert {s["metric"]["provider"] for s in info} == {"CPUExecutionProvider"}, info
+    assert {s["metric"]["model_version"] for s in info if s["metric"]["model"] == "default"} == {
+        "1"
+    }
     assert info[0]["metric"]["accelerator"] == "cpu"
+    per_model = {
+        "requests": "sum by (model) (increase("
+        f'translator_requests_total{{code="OK"}}[{RATE_INTERVAL}]))',
+        "latency": "histogram_quantile(0.95, sum by (model, le) (rate("
+        f'translator_request_duration_seconds_bucket{{method="Translate"}}[{RATE_INTERVAL}])))',
+        "tokens": f"sum by (model) (rate(translator_output_tokens_total[{RATE_INTERVAL}]))",
+    }
+    for name, expr in per_model.items():
+        result = api(prometheus, "/api/v1/query", query=expr)["data"]["result"]
+        values = {s["metric"].get("model", ""): float(s["value"][1]) for s in result}
+        assert all(values.get(m, 0) > 0 for m in MODELS), (name, values)

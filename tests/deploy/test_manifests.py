@@ -4,13 +4,17 @@ Schema validation is `kubernetes-validate --strict` (bundled OpenAPI schemas) ag
 Kubernetes this deployment supports (1.30: `preStop.sleep` is beta and on by default from 1.30)
 and the newest the validator knows. The consistency checks catch what no schema can: a probe on
 the wrong port, a selector that matches no pod, a grace period shorter than the drain, a setting
-the service does not know, a metric name that does not exist.
+the service does not know, a metric name that does not exist, a model repository that the server
+could write to or that the init container would seed wrongly (its script runs here, on temporary
+directories).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -18,6 +22,7 @@ import pytest
 import yaml
 
 from service.health import LIVENESS, READINESS
+from service.metrics import Metrics
 from service.settings import ServiceSettings
 from tests.deploy.helpers import (
     CRD_GROUPS,
@@ -40,6 +45,7 @@ COUNTERS = {
     "translator_input_tokens_total",
     "translator_output_tokens_total",
     "translator_rejections_total",
+    "translator_model_loads_total",
 }
 GAUGES = {"translator_queue_depth", "translator_active_rows", "translator_build_info"}
 HISTOGRAMS = {
@@ -61,17 +67,53 @@ EXPECTED_KINDS = {
     "Service": 2,
     "Deployment": 1,
     "PodDisruptionBudget": 1,
+    "PersistentVolumeClaim": 1,
     "ScaledObject": 1,
     "ServiceMonitor": 1,
     "PrometheusRule": 1,
 }
+# The pod that publishes models into the repository; applied by hand, not by the overlays.
+LOADER = DEPLOY / "tools" / "model-loader.yaml"
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = find(objects, "Deployment")["spec"]["template"]["spec"]
+    return spec
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(objects)
     assert len(pod["containers"]) == 1
     c: dict[str, Any] = pod["containers"][0]
     return c
+
+
+def seed_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    init = pod_spec(objects)["initContainers"]
+    assert [c["name"] for c in init] == ["seed-repository"]
+    c: dict[str, Any] = init[0]
+    return c
+
+
+def models_mount(c: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The container's mount of the model repository's volume (the one on the PVC)."""
+    claim = find(objects, "PersistentVolumeClaim")["metadata"]["name"]
+    volumes = {
+        v["name"]
+        for v in pod_spec(objects)["volumes"]
+        if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+    }
+    assert len(volumes) == 1, volumes
+    mounts: list[dict[str, Any]] = [m for m in c["volumeMounts"] if m["name"] in volumes]
+    assert len(mounts) == 1, mounts
+    return mounts[0]
 
 
 def settings(objects: list[dict[str, Any]]) -> dict[str, str]:
@@ -166,6 +208,7 @@ def test_settings_are_the_service_settings(
         monkeypatch.setenv(name, value)
     loaded = ServiceSettings()
     assert str(loaded.bundle_path) == values["TRANSLATOR_BUNDLE_PATH"]
+    assert str(loaded.model_repository) == values["TRANSLATOR_MODEL_REPOSITORY"]
     assert loaded.reflection is False
 
 
@@ -201,13 +244,8 @@ def test_restricted_security_context(overlay: str, objects: dict[str, list[dict[
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
-    assert c["securityContext"] == {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "privileged": False,
-        "capabilities": {"drop": ["ALL"]},
-    }
+    for each in pod["containers"] + pod.get("initContainers", []):
+        assert each["securityContext"] == RESTRICTED_CONTAINER, each["name"]
     dockerfile = (REPO / "Dockerfile").read_text()
     user = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.M)
     assert user == [
@@ -276,6 +314,158 @@ def test_gpu_overlay_asks_for_a_gpu(objects: dict[str, list[dict[str, Any]]]):
     assert find(cpu, "Deployment")["spec"]["template"]["metadata"]["labels"]["accelerator"] == "cpu"
 
 
+def test_cpu_and_memory_requests_equal_limits_on_cpu(objects: dict[str, list[dict[str, Any]]]):
+    """Guaranteed QoS (dedicated cores): every container, init containers too, must qualify."""
+    pod = pod_spec(objects["cpu"])
+    for c in pod["containers"] + pod.get("initContainers", []):
+        resources = c["resources"]
+        for kind in ("cpu", "memory"):
+            assert resources["requests"][kind] == resources["limits"][kind], (c["name"], kind)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_model_repository_volume(overlay: str, objects: dict[str, list[dict[str, Any]]]):
+    objs = objects[overlay]
+    claim = find(objs, "PersistentVolumeClaim")
+    # Pods on several nodes mount it, and it is written in place; a selector would stop dynamic
+    # provisioning.
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "selector" not in claim["spec"]
+    server, seed = container(objs), seed_container(objs)
+    server_mount, seed_mount = models_mount(server, objs), models_mount(seed, objs)
+    assert server_mount["readOnly"] is True
+    assert seed_mount.get("readOnly", False) is False
+    # The same paths in both: the settings name the repository for the server and the seeder.
+    assert server_mount["mountPath"] == seed_mount["mountPath"]
+    values = settings(objs)
+    repository = Path(values["TRANSLATOR_MODEL_REPOSITORY"])
+    assert repository.is_relative_to(server_mount["mountPath"])
+    assert not Path(values["TRANSLATOR_BUNDLE_PATH"]).is_relative_to(server_mount["mountPath"])
+    assert seed["image"] == server["image"]  # it copies the bundle of the image that serves it
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_seed_script_gets_its_variables(overlay: str, objects: dict[str, list[dict[str, Any]]]):
+    seed = seed_container(objects[overlay])
+    assert [e["configMapRef"]["name"] for e in seed["envFrom"]] == [
+        e["configMapRef"]["name"] for e in container(objects[overlay])["envFrom"]
+    ]
+    provided = set(settings(objects[overlay])) | {e["name"] for e in seed["env"]}
+    used = set(re.findall(r"\$\{?([A-Z_]+)", seed["args"][0]))
+    assert used <= provided, sorted(used - provided)
+    assert {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in seed["env"]} == {
+        "POD_NAME": "metadata.name"
+    }
+
+
+def seed(objects: dict[str, list[dict[str, Any]]], repo: Path, bundle: Path, path: str = "") -> str:
+    """Run the init container's script here, on `repo`, as pod translator-abc."""
+    c = seed_container(objects["cpu"])
+    env = {
+        "PATH": path + os.environ["PATH"],
+        "TRANSLATOR_MODEL_REPOSITORY": str(repo),
+        "TRANSLATOR_BUNDLE_PATH": str(bundle),
+        "POD_NAME": "translator-abc",
+    }
+    result = run([*c["command"], *c["args"]], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    path = tmp_path / "image" / "default"
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text('{"name": "default"}')
+    (path / "encoder.onnx").write_text("graph")
+    return path
+
+
+def test_seed_fills_an_empty_repository_once(
+    objects: dict[str, list[dict[str, Any]]], bundle: Path, tmp_path: Path
+):
+    repo = tmp_path / "volume" / "repository"  # a fresh volume: not even the directory
+    assert "seeded" in seed(objects, repo, bundle)
+    assert tree(repo) == {f"default/1/{name}": text for name, text in tree(bundle).items()}
+    assert sorted(p.name for p in repo.iterdir()) == ["default"]  # no staging left behind
+
+    (repo / "default" / "2").mkdir()  # a later version; the image's bundle is not seeded again
+    assert "nothing to seed" in seed(objects, repo, bundle)
+    assert sorted(p.name for p in (repo / "default").iterdir()) == ["1", "2"]
+
+
+def test_seed_leaves_a_repository_with_models_alone(
+    objects: dict[str, list[dict[str, Any]]], bundle: Path, tmp_path: Path
+):
+    repo = tmp_path / "repository"
+    (repo / "fr-en" / "3").mkdir(parents=True)  # the default model was removed on purpose
+    (repo / "fr-en" / "3" / "manifest.json").write_text("{}")
+    assert "nothing to seed" in seed(objects, repo, bundle)
+    assert sorted(p.name for p in repo.iterdir()) == ["fr-en"]
+
+
+def test_seed_ignores_hidden_leftovers(
+    objects: dict[str, list[dict[str, Any]]], bundle: Path, tmp_path: Path
+):
+    repo = tmp_path / "repository"
+    (repo / ".seed-translator-old" / "1").mkdir(parents=True)  # a pod killed while copying
+    (repo / ".seed-translator-abc" / "1").mkdir(parents=True)  # this pod, restarted
+    assert "seeded" in seed(objects, repo, bundle)
+    assert sorted(p.name for p in repo.iterdir()) == [".seed-translator-old", "default"]
+    assert tree(repo / "default" / "1") == tree(bundle)
+
+
+def test_seed_loses_a_race_cleanly(
+    objects: dict[str, list[dict[str, Any]]], bundle: Path, tmp_path: Path
+):
+    """Another pod renamed its copy into place between this pod's check and its rename."""
+    repo = tmp_path / "repository"
+    (repo / "default" / "1").mkdir(parents=True)
+    (repo / "default" / "1" / "manifest.json").write_text("the other pod's")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "find").write_text("#!/bin/sh\nexit 0\n")  # "the repository is empty"
+    (fake / "find").chmod(0o755)
+    assert "seeded by another pod" in seed(objects, repo, bundle, path=f"{fake}:")
+    assert tree(repo) == {"default/1/manifest.json": "the other pod's"}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_model_loader_pod(version: str, objects: dict[str, list[dict[str, Any]]]):
+    pod = yaml.safe_load(LOADER.read_text())
+    kubernetes_validate.validate(pod, version, strict=True)
+    objs = objects["cpu"]
+    claim = find(objs, "PersistentVolumeClaim")["metadata"]
+    spec, (c,) = pod["spec"], pod["spec"]["containers"]
+    assert pod["metadata"]["namespace"] == claim["namespace"]
+    volumes = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert list(volumes.values()) == [claim["name"]]
+    # Writable, where the servers mount it: the repository has the same path in both.
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] in volumes]
+    assert mount["mountPath"] == models_mount(container(objs), objs)["mountPath"]
+    assert mount.get("readOnly", False) is False
+    # The overlays' image (tar for kubectl cp, the default bundle, service/), the same user.
+    assert {c["image"]} == {container(objects[o])["image"] for o in OVERLAYS}
+    assert c["securityContext"] == RESTRICTED_CONTAINER
+    for key in ("runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "seccompProfile"):
+        assert spec["securityContext"][key] == pod_spec(objs)["securityContext"][key]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["activeDeadlineSeconds"] <= 3600
+    # Not a server: no Service sends it traffic, the PDB does not count it.
+    labels = pod["metadata"]["labels"]
+    for service in (o for o in objs if o["kind"] == "Service"):
+        assert not selects(service["spec"]["selector"], labels)
+    assert not selects(find(objs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_dashboard_configmap(overlay: str, objects: dict[str, list[dict[str, Any]]]):
     configmap = find(objects[overlay], "ConfigMap", "translator-dashboard")
@@ -304,6 +494,29 @@ def test_dashboard_shows_every_metric():
     assert used == COUNTERS | GAUGES | HISTOGRAMS
 
 
+def test_metric_lists_are_the_service_metrics():
+    """COUNTERS, GAUGES and HISTOGRAMS above are what service/metrics.py registers."""
+    families = {(m.name, m.type) for m in Metrics().registry.collect()}
+    assert {f"{n}_total" for n, t in families if t == "counter"} == COUNTERS
+    assert {n for n, t in families if t == "gauge"} == GAUGES
+    assert {n for n, t in families if t == "histogram"} == HISTOGRAMS
+
+
+def test_dashboard_filters_every_service_query_by_model(dashboard: dict[str, Any]):
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    model = variables["model"]
+    assert model["query"]["query"] == (
+        'label_values(translator_build_info{namespace="$namespace"}, model)'
+    )
+    # All is ".*", which also matches series without a model (model="").
+    assert (model["multi"], model["includeAll"], model["allValue"]) == (True, True, ".*")
+    for where, expr in dashboard_queries(dashboard):
+        if where.startswith("variable"):
+            continue
+        for name, matchers in re.findall(r"\b(translator_[a-z_]+)(\{[^}]*\})?", expr):
+            assert 'model=~"$model"' in matchers, f"{where}: {name} is not filtered by $model"
+
+
 def test_every_alert_has_severity_summary_and_runbook(objects: dict[str, list[dict[str, Any]]]):
     rules = alert_rules(find(objects["cpu"], "PrometheusRule"))
     assert len(rules) >= 5
@@ -314,6 +527,24 @@ def test_every_alert_has_severity_summary_and_runbook(objects: dict[str, list[di
         find(objects["cpu"], "PrometheusRule")["spec"]
         == find(objects["gpu"], "PrometheusRule")["spec"]
     )
+
+
+def test_service_alerts_are_per_model(objects: dict[str, list[dict[str, Any]]]):
+    """An alert on the service's metrics keeps the model label through every aggregation."""
+    rules = alert_rules(find(objects["cpu"], "PrometheusRule"))
+    per_model = [r for r in rules if metric_names(r["expr"])]
+    assert {r["alert"] for r in per_model} >= {
+        "TranslatorLatencyHigh",
+        "TranslatorErrorRatioHigh",
+        "TranslatorQueueSaturated",
+        "TranslatorRejecting",
+        "TranslatorModelLoadFailed",
+    }
+    for rule in per_model:
+        groupings = re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", rule["expr"])
+        assert groupings, rule["alert"]
+        for labels in groupings:
+            assert "model" in {label.strip() for label in labels.split(",")}, rule["alert"]
 
 
 def test_readme_explains_every_alert(objects: dict[str, list[dict[str, Any]]]):

@@ -14,7 +14,8 @@ from service_harness import ServerThread
 
 from service.bundle import load_bundle
 from service.metrics import Metrics
-from service.scheduler import BatchScheduler, SchedulerLimits
+from service.scheduler import BatchScheduler
+from service.settings import EngineSettings
 
 TEST_MODEL = "test"
 
@@ -33,8 +34,12 @@ async def make_scheduler():
         admit_every_steps: int = 1,
         metrics: Metrics | None = None,
     ) -> BatchScheduler:
-        limits = SchedulerLimits(
-            max_active_rows, max_tokens_in_flight, max_queued, queue_timeout_s, admit_every_steps
+        limits = EngineSettings(
+            max_active_rows=max_active_rows,
+            max_tokens_in_flight=max_tokens_in_flight,
+            max_queued_requests=max_queued,
+            queue_timeout_s=queue_timeout_s,
+            admit_every_steps=admit_every_steps,
         )
         scheduler = BatchScheduler(runner, limits, (metrics or Metrics()).for_model(TEST_MODEL))
         scheduler.start()

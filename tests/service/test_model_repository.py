@@ -202,6 +202,10 @@ def test_per_model_counters_match_the_clients_and_unknown_models_add_no_series(
         for model, count in sent.items():
             for _ in range(count):
                 _translate(translator, model, "de", "one two")
+        request = translate_request(["Hello"], "de")
+        request.model = "missing"
+        with pytest.raises(grpc.RpcError):  # the first creates the series of model=""
+            translator.Translate(request, timeout=10)
         series = _series(served.scrape())
         for i in range(1000):
             request = translate_request(["Hello"], "de")
@@ -213,7 +217,7 @@ def test_per_model_counters_match_the_clients_and_unknown_models_add_no_series(
     assert _series(text) == series
     assert "missing-" not in text
     not_found = {"method": "Translate", "code": "NOT_FOUND", "model": ""}
-    assert served.sample("translator_requests_total", not_found) >= 1000
+    assert served.sample("translator_requests_total", not_found) >= 1001
     assert served.sample("translator_rejections_total", {"reason": "model_not_found"}) >= 1000
     check = subprocess.run(
         [str(_promtool()), "check", "metrics"], input=text, capture_output=True, text=True
@@ -303,3 +307,35 @@ def test_startup_needs_a_default_model_when_several_are_loaded(
     running = ServerThread(service_bundle, model_repository=tmp_path)
     with pytest.raises(ValueError, match=r"TRANSLATOR_DEFAULT_MODEL is unset .* 2 models"):
         running.start()
+
+
+def test_the_client_cli_names_a_model_and_lists_them_all(
+    served: ServerThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.client import main as client
+
+    assert client(["--address", served.address, "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "model default (default) version 1 READY" in listing
+    assert "model en-de version 3 READY" in listing and "en -> de" in listing
+    assert client(["--address", served.address, "--to", "de", "forty-two"]) == 0
+    assert capsys.readouterr().out == "zweiundvierzig\n"
+    assert client(["--address", served.address, "--model", "nope", "forty-two"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_startup_falls_back_past_a_broken_newest_version(
+    tmp_path: Path, service_bundle: Path
+) -> None:
+    shutil.copytree(service_bundle, tmp_path / "m" / "1")
+    broken = shutil.copytree(service_bundle, tmp_path / "m" / "2")
+    (broken / "encoder.onnx").write_bytes(b"not a graph")
+    running = ServerThread(service_bundle, model_repository=tmp_path, repository_poll_s=0).start()
+    try:
+        assert running.engine("m").info.version == "1"
+        running.call(running.server.repository.rescan())  # refused once, not retried
+        failed = {"model": "m", "result": "failed"}
+        assert running.sample("translator_model_loads_total", failed) == 1
+        assert running.engine("m").info.version == "1"
+    finally:
+        running.stop()
