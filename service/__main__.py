@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -16,7 +17,12 @@ from pydantic import ValidationError
 from service.bundle import BundleError
 from service.server import TranslationServer
 from service.sessions import DeviceError
-from service.settings import ServiceSettings, SettingsFileError
+from service.settings import (
+    ServiceSettings,
+    SettingsFileError,
+    UnknownSettingError,
+    check_environment,
+)
 
 log = logging.getLogger("service")
 
@@ -45,8 +51,9 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        check_environment(os.environ)
         settings = ServiceSettings()
-    except ValidationError as error:
+    except (ValidationError, UnknownSettingError) as error:
         log.error("invalid settings: %s", error)
         return 1
     logging.getLogger("service").setLevel(settings.log_level)

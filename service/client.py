@@ -6,6 +6,8 @@
     python -m service.client --to de --stream "It is a long sentence."
     python -m service.client --model en-de "Good morning."
     python -m service.client --list
+    python -m service.client --tls-ca ca.pem --address translator.example.com:443 "Hello."
+    python -m service.client --tls-ca ca.pem --tls-cert me.pem --tls-key me.key "Hello."   # mTLS
 
 Each argument (or each stdin line) is one segment; one output line per segment (per hypothesis
 with --n-best). Errors print the gRPC status and message and exit 1.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 
@@ -48,7 +51,22 @@ def _parser() -> argparse.ArgumentParser:
         "--list", action="store_true", help="print the loaded models, languages and limits"
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA to verify the server (turns TLS on)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mTLS)")
+    parser.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
     return parser
+
+
+def channel(args: argparse.Namespace) -> grpc.Channel:
+    """Plaintext, or TLS when --tls-ca is given (with a client certificate for mTLS)."""
+    if args.tls_ca is None:
+        return grpc.insecure_channel(args.address)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=args.tls_ca.read_bytes(),
+        private_key=args.tls_key.read_bytes() if args.tls_key else None,
+        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+    )
+    return grpc.secure_channel(args.address, credentials)
 
 
 def _options(args: argparse.Namespace) -> pb.DecodingOptions:
@@ -105,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     segments = list(args.text)
     if not segments and not args.list:
         segments = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    with grpc.insecure_channel(args.address) as channel:
-        stub = pb_grpc.TranslatorStub(channel)
+    with channel(args) as connected:
+        stub = pb_grpc.TranslatorStub(connected)
         try:
             if args.list:
                 _list(stub, args)

@@ -31,6 +31,7 @@ from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
 from service.repository import ModelRepository
 from service.servicer import TranslatorServicer
 from service.settings import ServiceSettings
+from service.tls import CertificateFiles
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class TranslationServer:
         self.health = Health()
         self.version = service_version()
         self.repository = ModelRepository(settings, self.metrics, self.health, self.version)
+        self.tls: CertificateFiles | None = None
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
@@ -82,8 +84,11 @@ class TranslationServer:
 
         Raises:
             BundleError, DeviceError, SettingsFileError, ValueError: a model cannot be served.
+            TlsError: a certificate, key or CA file cannot be served.
         """
         s = self.settings
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            self.tls = CertificateFiles(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
         await self._serve()
         try:
             await self.repository.start()
@@ -122,11 +127,16 @@ class TranslationServer:
         if s.reflection:
             names = (READINESS, KSERVE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        if self.tls is not None:
+            self.port = server.add_secure_port(address, self.tls.credentials())
+        else:
+            self.port = server.add_insecure_port(address)
         await self.health.starting()
         await server.start()
         self._server = server
-        self._metrics_server, self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
+        metrics_host = s.metrics_host or s.host
+        self._metrics_server, self.metrics_port = self.metrics.serve(metrics_host, s.metrics_port)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new requests, let in-flight ones finish within `grace`."""

@@ -9,11 +9,20 @@ e.g. `{"max_active_rows": 16, "threads": 1}`); `ServiceSettings` adds the server
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -76,6 +85,19 @@ class ServiceSettings(BaseSettings, EngineSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     """Prometheus /metrics port, separate from gRPC; 0 picks a free one."""
 
+    metrics_host: str = ""
+    """Address the metrics endpoint binds to; empty: the same as host."""
+
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) of the gRPC port; with tls_key_file, the port speaks only TLS.
+    Rewritten on disk, it is served to new connections without a restart."""
+
+    tls_key_file: Path | None = None
+    """PEM private key of tls_cert_file."""
+
+    tls_client_ca_file: Path | None = None
+    """PEM CA of client certificates: set, every client must present one it signed (mTLS)."""
+
     bundle_path: Path = Path("models/default")
     """One model: the bundle directory written by `python -m export` (unused with a repository)."""
 
@@ -83,10 +105,22 @@ class ServiceSettings(BaseSettings, EngineSettings):
     """Several models: each `DIR/<name>/` is a bundle, or holds versions `DIR/<name>/<N>/`
     (integers; the highest is served). Replaces bundle_path when set."""
 
-    @field_validator("model_repository", mode="before")
+    @field_validator(
+        "model_repository", "tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before"
+    )
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> ServiceSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TRANSLATOR_TLS_CERT_FILE and TRANSLATOR_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "TRANSLATOR_TLS_CLIENT_CA_FILE needs TRANSLATOR_TLS_CERT_FILE/KEY_FILE"
+            )
+        return self
 
     default_model: str = ""
     """The model that answers requests naming none; empty: the repository's only model, or the
@@ -138,3 +172,32 @@ def engine_settings(settings: ServiceSettings, model_dir: Path) -> EngineSetting
         raise SettingsFileError(
             f"{path}: {problems} (allowed keys: {', '.join(sorted(ENGINE_FIELDS))})"
         ) from None
+
+
+PREFIX = "TRANSLATOR_"
+
+
+class UnknownSettingError(ValueError):
+    """A TRANSLATOR_ variable that is no setting (a typo would otherwise be silently ignored)."""
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a `TRANSLATOR_` variable that names no setting, naming the closest one.
+
+    pydantic-settings ignores unknown variables, so `TRANSLATOR_TLS_CERT_FIEL` would quietly
+    change nothing; `python -m service` calls this before reading the settings.
+
+    Raises:
+        UnknownSettingError: naming the variable and the closest known name.
+    """
+    known = sorted(name.upper() for name in ServiceSettings.model_fields)
+    for name in sorted(environ):
+        suffix = name.upper().removeprefix(PREFIX)
+        if name.upper().startswith(PREFIX) and suffix not in known:
+            close = difflib.get_close_matches(suffix, known, n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {PREFIX}{close[0]}?"
+                if close
+                else f"known: {', '.join(PREFIX + k for k in known)}"
+            )
+            raise UnknownSettingError(f"unknown setting {name}; {hint}")

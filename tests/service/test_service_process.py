@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_harness import stub, translate_request
 
@@ -32,7 +33,7 @@ def test_service_never_imports_torch():
 
 def _start(bundle: Path, **env: str) -> subprocess.Popen[str]:
     variables = (
-        os.environ
+        {k: v for k, v in os.environ.items() if not k.startswith("TRANSLATOR_")}
         | {
             "TRANSLATOR_HOST": "127.0.0.1",
             "TRANSLATOR_PORT": "0",
@@ -67,6 +68,24 @@ def test_bad_bundle_exits_1_with_one_clear_line(tmp_path: Path):
     assert process.returncode == 1
     assert "startup failed" in err and "missing" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "hint"),
+    [
+        ("TRANSLATOR_MAX_ACTIVE_ROW", "did you mean TRANSLATOR_MAX_ACTIVE_ROWS?"),
+        ("TRANSLATOR_TLS_CERT_FIEL", "did you mean TRANSLATOR_TLS_CERT_FILE?"),
+        ("TRANSLATOR_BANANA", "known: TRANSLATOR_ADMIT_EVERY_STEPS"),
+    ],
+)
+def test_an_unknown_setting_stops_the_start_with_its_name(
+    service_bundle: Path, variable: str, hint: str
+):
+    process = _start(service_bundle, **{variable: "1"})
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    (line,) = [line for line in err.splitlines() if "ERROR" in line]
+    assert f"unknown setting {variable}; {hint}" in line
 
 
 def test_cuda_requested_without_cuda_exits_1(service_bundle: Path):

@@ -115,7 +115,7 @@ def _copy_in(bundle: Path, model_dir: Path, version: int) -> Path:
 def test_version_swap_under_load_loses_nothing_and_frees_the_old_version(tmp_path: Path) -> None:
     model_dir = tmp_path / "repository" / "default"
     shutil.copytree(DEFAULT_BUNDLE, model_dir / "1")
-    env = os.environ | {
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSLATOR_")} | {
         "TRANSLATOR_HOST": "127.0.0.1",
         "TRANSLATOR_PORT": "0",
         "TRANSLATOR_METRICS_PORT": "0",
