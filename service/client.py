@@ -25,6 +25,27 @@ import grpc
 from service.pb.translator.v1 import translator_pb2 as pb
 from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
 
+# The service config of a client that reaches several replicas (a headless Service's DNS name,
+# `dns:///translator-headless.translator.svc:50051`): a connection to every replica, requests
+# spread round robin over the ready ones (grpc.health.v1 watch of the readiness service), and
+# retries of what a draining or full replica answers, within the call's deadline.
+CLIENT_SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": "translator.v1.Translator"},
+    "methodConfig": [
+        {
+            "name": [{"service": "translator.v1.Translator"}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            },
+        }
+    ],
+}
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

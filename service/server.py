@@ -47,7 +47,7 @@ def _server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.max_connection_idle_ms", 300_000),
-        ("grpc.max_connection_age_ms", 1_800_000),  # rebalance long-lived clients after scale-up
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
         ("grpc.max_connection_age_grace_ms", 30_000),
     ]
 
@@ -138,12 +138,18 @@ class TranslationServer:
         metrics_host = s.metrics_host or s.host
         self._metrics_server, self.metrics_port = self.metrics.serve(metrics_host, s.metrics_port)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new requests, let in-flight ones finish within `grace`."""
+    async def stop(self, grace: float | None = None, delay: float | None = None) -> None:
+        """Drain: NOT_SERVING, go on serving for `delay` seconds (clients watching health move
+        away), then refuse new requests with UNAVAILABLE and let in-flight ones finish within
+        `grace`."""
         grace = self.settings.grace_period_s if grace is None else grace
+        delay = self.settings.drain_delay_s if delay is None else delay
         await self.health.draining()
         if self._watcher is not None:
             self._watcher.cancel()
+        if delay and self._server is not None:
+            log.info("NOT_SERVING; still serving for the drain delay of %.1f s", delay)
+            await asyncio.sleep(delay)
         self.repository.drain()
         if self._server is not None:
             await self._server.stop(grace)

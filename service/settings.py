@@ -130,8 +130,17 @@ class ServiceSettings(BaseSettings, EngineSettings):
     """How often the repository is scanned for new, changed or removed models (0: only on
     SIGHUP). A new version is loaded and warmed up beside the old one, then replaces it."""
 
+    drain_delay_s: float = Field(default=2.0, ge=0.0, le=600.0)
+    """On SIGTERM: how long the server goes on serving after turning NOT_SERVING, so that
+    health-checking clients and load balancers move away before it refuses anything."""
+
     grace_period_s: float = Field(default=10.0, ge=0.0, le=600.0)
-    """On SIGTERM: how long in-flight requests may take to finish before they are cancelled."""
+    """On SIGTERM, after the drain delay: how long in-flight requests may take to finish before
+    they are cancelled; new ones get UNAVAILABLE (retryable) meanwhile."""
+
+    max_connection_age_s: float = Field(default=1800.0, ge=1.0, le=86_400.0)
+    """Connections are closed (GOAWAY) after this long, with 30 s grace for their calls, so that
+    long-lived clients reconnect and spread onto replicas added since."""
 
     max_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     """Largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED."""

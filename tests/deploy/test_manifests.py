@@ -232,7 +232,8 @@ def test_probes_and_ports(overlay: str, objects: dict[str, list[dict[str, Any]]]
 def test_grace_period_covers_the_drain(overlay: str, objects: dict[str, list[dict[str, Any]]]):
     pod = find(objects[overlay], "Deployment")["spec"]["template"]["spec"]
     pre_stop = container(objects[overlay])["lifecycle"]["preStop"]["sleep"]["seconds"]
-    drain = float(settings(objects[overlay])["TRANSLATOR_GRACE_PERIOD_S"])
+    values = settings(objects[overlay])
+    drain = float(values["TRANSLATOR_DRAIN_DELAY_S"]) + float(values["TRANSLATOR_GRACE_PERIOD_S"])
     assert pre_stop >= 5
     assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 5
 

@@ -36,6 +36,7 @@ class ServerThread:
             "threads": 1,
             "device": "cpu",
             "grace_period_s": 5.0,
+            "drain_delay_s": 0.0,
         }
         self.settings = ServiceSettings(**(values | overrides))
         self.server = TranslationServer(self.settings)

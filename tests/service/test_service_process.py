@@ -98,7 +98,12 @@ def test_cuda_requested_without_cuda_exits_1(service_bundle: Path):
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(service_bundle: Path):
-    process = _start(service_bundle, TRANSLATOR_GRACE_PERIOD_S="20", TRANSLATOR_MAX_ACTIVE_ROWS="4")
+    process = _start(
+        service_bundle,
+        TRANSLATOR_GRACE_PERIOD_S="20",
+        TRANSLATOR_MAX_ACTIVE_ROWS="4",
+        TRANSLATOR_DRAIN_DELAY_S="0",
+    )
     log: list[str] = []
     try:
         port = _port(process, log)
