@@ -121,6 +121,7 @@ class ModelRepository:
         self._tasks: set[asyncio.Task[None]] = set()  # engines closing, engine watchdogs
         self._rescan_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self.engine_failed = asyncio.Event()  # an engine's threads ended unasked
         self.default = ""
 
     # -- lookups, on the event loop --
@@ -285,6 +286,7 @@ class ModelRepository:
         if engine.failed:
             log.error("model %s: an engine thread stopped; reporting NOT_SERVING", engine.info.name)
             await self._health.engine_stopped()
+            self.engine_failed.set()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

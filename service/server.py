@@ -73,6 +73,7 @@ class TranslationServer:
         self.version = service_version()
         self.repository = ModelRepository(settings, self.metrics, self.health, self.version)
         self.tls: CertificateFiles | None = None
+        self.failed = self.repository.engine_failed  # set: the process should exit non-zero
         self.port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,34 @@ def test_an_unknown_setting_stops_the_start_with_its_name(
     assert process.returncode == 1
     (line,) = [line for line in err.splitlines() if "ERROR" in line]
     assert f"unknown setting {variable}; {hint}" in line
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        ("truncate encoder.onnx", "encoder.onnx: sha256"),
+        ("garbage manifest.json", "manifest.json: not valid JSON"),
+        ("remove decoder.onnx", "decoder.onnx: missing"),
+    ],
+)
+def test_a_damaged_bundle_exits_1_naming_the_file(
+    service_bundle: Path, tmp_path: Path, damage: str, named: str
+):
+    bundle = shutil.copytree(service_bundle, tmp_path / "bundle")
+    action, name = damage.split()
+    if action == "truncate":
+        data = (bundle / name).read_bytes()
+        (bundle / name).write_bytes(data[: len(data) // 2])
+    elif action == "garbage":
+        (bundle / name).write_bytes(b"\x00\xff not json")
+    else:
+        (bundle / name).unlink()
+    process = _start(bundle)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and named in errors[0], err
+    assert "Traceback" not in err
 
 
 def test_cuda_requested_without_cuda_exits_1(service_bundle: Path):

@@ -159,13 +159,18 @@ def test_runtime_failure_is_internal_and_the_next_request_succeeds(server: Serve
             raise RuntimeError("injected: /secret/path at 0xdeadbeef")
         return step(plan)
 
+    internal = {"method": "Translate", "code": "INTERNAL"}
+    before = server.sample("translator_requests_total", internal)
     channel, translator = stub(server.address)
     with channel, server.patched_step(fail_once):
         with pytest.raises(grpc.RpcError) as error:
             translator.Translate(translate_request(["hello"], "de"), timeout=10)
+        failed_at = time.monotonic()
         assert error.value.code() == grpc.StatusCode.INTERNAL
         assert error.value.details() == "the model failed while decoding this request"
         assert translator.Translate(translate_request(["hello"], "de"), timeout=10)
+        assert time.monotonic() - failed_at < 1.0
+    assert server.sample("translator_requests_total", internal) == before + 1
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,76 @@
+"""Faults the process cannot recover from end it, so that Kubernetes restarts it.
+
+An engine thread that dies (here: the decoder step raises SystemExit, which the per-batch error
+handling does not catch) turns liveness and readiness NOT_SERVING, fails the request in flight,
+and `python -m service`'s run loop returns exit status 1 within a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from service.__main__ import serve
+from service.health import LIVENESS, READINESS
+from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
+from service.server import TranslationServer
+from service.settings import ServiceSettings
+from tests.service.service_harness import translate_request
+
+
+def test_a_dead_engine_thread_ends_the_process_with_status_1(
+    service_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = ServiceSettings(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        bundle_path=service_bundle,
+        device="cpu",
+        threads=1,
+    )
+    server = TranslationServer(settings)
+    seen: dict[str, Any] = {}
+
+    def die(plan: Any) -> Any:
+        raise SystemExit("injected: the decoder thread ends")
+
+    async def scenario() -> int:
+        running = asyncio.create_task(serve(server))
+        while not server.repository.ready:  # noqa: ASYNC110 (ready is a plain property)
+            await asyncio.sleep(0.05)
+        server.repository.get("").runner.step = die  # type: ignore[method-assign]
+        started = time.monotonic()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            try:
+                await pb_grpc.TranslatorStub(channel).Translate(
+                    translate_request(["hello"], "de"), timeout=10
+                )
+            except grpc.aio.AioRpcError as error:
+                seen["code"] = error.code()
+        await server.failed.wait()
+        seen["statuses"] = {
+            name: (
+                await server.health.servicer.Check(
+                    health_pb2.HealthCheckRequest(service=name), None
+                )
+            ).status
+            for name in (LIVENESS, READINESS)
+        }
+        code = await asyncio.wait_for(running, timeout=10)
+        seen["seconds"] = time.monotonic() - started
+        return code
+
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(scenario()) == 1
+    assert seen["code"] == grpc.StatusCode.INTERNAL
+    assert set(seen["statuses"].values()) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+    assert seen["seconds"] < 5
+    assert "an engine thread stopped: exiting with status 1" in caplog.text
