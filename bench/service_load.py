@@ -91,8 +91,11 @@ class ServerProcess:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
-        values = dict(re.findall(r"^translator_batch_rows_(sum|count) (\S+)$", text, re.M))
-        return float(values.get("sum", 0)), float(values.get("count", 0))
+        pairs = re.findall(r"^translator_batch_rows_(sum|count)\{[^}]*\} (\S+)$", text, re.M)
+        totals = {"sum": 0.0, "count": 0.0}
+        for name, value in pairs:  # one series per model
+            totals[name] += float(value)
+        return totals["sum"], totals["count"]
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
