@@ -76,7 +76,9 @@ class TranslationServer:
         self.failed = self.repository.engine_failed  # set: the process should exit non-zero
         self.port = 0
         self.metrics_port = 0
+        self.health_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._metrics_server: WSGIServer | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -136,6 +138,11 @@ class TranslationServer:
         await self.health.starting()
         await server.start()
         self._server = server
+        if s.health_port is not None:
+            self._health_server = grpc.aio.server(options=_server_options(s))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(f"{s.host}:{s.health_port}")
+            await self._health_server.start()
         metrics_host = s.metrics_host or s.host
         self._metrics_server, self.metrics_port = self.metrics.serve(metrics_host, s.metrics_port)
 
@@ -154,6 +161,8 @@ class TranslationServer:
         self.repository.drain()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.repository.close()
         if self._metrics_server is not None:
             stop_serving(self._metrics_server)

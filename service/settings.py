@@ -88,6 +88,10 @@ class ServiceSettings(BaseSettings, EngineSettings):
     metrics_host: str = ""
     """Address the metrics endpoint binds to; empty: the same as host."""
 
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """A plaintext port serving only grpc.health.v1 (0: a free one), for probes that cannot speak
+    TLS, such as the kubelet's gRPC probe; unset: health is on the main port only."""
+
     tls_cert_file: Path | None = None
     """PEM certificate (chain) of the gRPC port; with tls_key_file, the port speaks only TLS.
     Rewritten on disk, it is served to new connections without a restart."""

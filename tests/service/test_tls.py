@@ -14,8 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.client import main as client
+from service.health import READINESS
 from service.pb.translator.v1 import translator_pb2 as pb
 from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
 from service.tls import TlsError
@@ -114,6 +116,26 @@ def test_tls_client_is_served_and_plaintext_is_refused(
     assert _list(running.address, pki["ca"][0]) not in {"UNAVAILABLE", "?"}
     assert _list(running.address, None) == "UNAVAILABLE"
     assert _list(running.address, pki["other-ca"][0]) == "UNAVAILABLE"  # untrusted server cert
+
+
+def test_probes_reach_health_in_plaintext_on_their_own_port(
+    tmp_path: Path, service_bundle: Path, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    cert, key = _served_files(tmp_path, pki)
+    running = ServerThread(
+        service_bundle, tls_cert_file=cert, tls_key_file=key, health_port=0
+    ).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.server.health_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = health.Check(health_pb2.HealthCheckRequest(service=READINESS), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as error:  # nothing but health on that port
+                pb_grpc.TranslatorStub(channel).ListLanguages(pb.ListLanguagesRequest(), timeout=5)
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert _list(running.address, None) == "UNAVAILABLE"  # the main port stays TLS only
+    finally:
+        running.stop()
 
 
 def test_the_client_cli_speaks_tls(
