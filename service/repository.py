@@ -29,7 +29,7 @@ from typing import Any
 
 from service.bundle import MANIFEST_FILE, BundleError, read_manifest
 from service.engine import TranslationEngine
-from service.errors import ModelNotFoundError
+from service.errors import DrainingError, ModelNotFoundError
 from service.health import Health
 from service.metrics import Metrics
 from service.sessions import DeviceError
@@ -122,6 +122,7 @@ class ModelRepository:
         self._rescan_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self.engine_failed = asyncio.Event()  # an engine's threads ended unasked
+        self._started = False  # every model of the startup is loaded
         self.default = ""
 
     # -- lookups, on the event loop --
@@ -130,9 +131,12 @@ class ModelRepository:
         """The engine serving `name` ("" = the default model).
 
         Raises:
+            DrainingError: before every model of the startup is loaded (UNAVAILABLE: retry).
             ModelNotFoundError: no such model is loaded (the message lists the loaded ones).
         """
         engine = self._engines.get(name or self.default)
+        if engine is None and not self._started:
+            raise DrainingError("the service is starting: its models are loading")
         if engine is None:
             loaded = ", ".join(sorted(self._engines)) or "none"
             raise ModelNotFoundError(f"model {name!r} is not loaded; loaded models: {loaded}")
@@ -169,6 +173,7 @@ class ModelRepository:
         self.default = self._default_model(sorted(sources))
         for source in sources.values():
             self._install(*await self._open_newest(source))
+        self._started = True
 
     async def _open_newest(self, source: ModelSource) -> tuple[TranslationEngine, ModelSource]:
         """The newest version of `source`'s model that loads; newer ones are refused."""

@@ -74,3 +74,59 @@ def test_a_dead_engine_thread_ends_the_process_with_status_1(
     assert set(seen["statuses"].values()) == {health_pb2.HealthCheckResponse.NOT_SERVING}
     assert seen["seconds"] < 5
     assert "an engine thread stopped: exiting with status 1" in caplog.text
+
+
+def test_before_warm_up_readiness_waits_and_requests_are_unavailable(
+    service_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.engine import TranslationEngine
+
+    real_warm_up = TranslationEngine.warm_up
+
+    def slow_warm_up(engine: TranslationEngine) -> None:
+        time.sleep(1.5)
+        real_warm_up(engine)
+
+    monkeypatch.setattr(TranslationEngine, "warm_up", slow_warm_up)
+    settings = ServiceSettings(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        bundle_path=service_bundle,
+        device="cpu",
+        threads=1,
+    )
+    server = TranslationServer(settings)
+
+    async def status(name: str) -> int:
+        request = health_pb2.HealthCheckRequest(service=name)
+        return int((await server.health.servicer.Check(request, None)).status)
+
+    async def scenario() -> tuple[dict[str, int], str, list[str]]:
+        starting = asyncio.create_task(server.start())
+        while not server.port:  # noqa: ASYNC110 (the port is a plain attribute)
+            await asyncio.sleep(0.01)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            translator = pb_grpc.TranslatorStub(channel)
+            early = {name: await status(name) for name in (LIVENESS, READINESS)}
+            try:
+                await translator.Translate(translate_request(["hello"], "de"), timeout=10)
+                before = "OK"
+            except grpc.aio.AioRpcError as error:
+                before = error.code().name
+            await starting
+            after = []
+            for _ in range(20):
+                reply = await translator.Translate(translate_request(["hello"], "de"), timeout=10)
+                after.append(reply.model_name)
+        await server.stop(grace=1, delay=0)
+        return early, before, after
+
+    early, before, after = asyncio.run(scenario())
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert early == {LIVENESS: serving, READINESS: not_serving}
+    assert before == "UNAVAILABLE"
+    assert len(after) == 20 and all(after)
