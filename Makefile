@@ -108,12 +108,13 @@ bench: bundle-present $(DEV_STAMP) proto
 	$(PY) -m bench.engine_load --bundle $(BUNDLE) --clients $(BENCH_CLIENTS)
 	$(PY) -m bench.service_load --bundle $(BUNDLE) --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS)
 
-# Reliability runs on the shipped bundle (about 8 minutes): 50,000 requests of random length (RSS,
-# open files, threads), twice the measured capacity for 60 s, and 200,000 atheris runs on
-# validation and tokenization. Print figures; never pass/fail.
+# Reliability runs on the shipped bundle (about 10 minutes): 50,000 requests of random length (RSS,
+# open files, threads), twice the measured capacity for 60 s, idle/silent/stopped connections,
+# and 200,000 atheris runs on validation and tokenization. Print figures; never pass/fail.
 bench-reliability: bundle-present $(DEV_STAMP) proto
 	$(PY) -m bench.reliability --bundle $(BUNDLE) soak --requests 50000
 	$(PY) -m bench.reliability --bundle $(BUNDLE) overload --seconds 60
+	$(PY) -m bench.reliability --bundle $(BUNDLE) connections
 	$(PY) -m bench.fuzz_atheris --bundle $(BUNDLE) -runs=200000
 
 sz:

@@ -3,6 +3,7 @@ pass/fail (the pass criteria are printed beside them).
 
     python -m bench.reliability --bundle models/default soak --requests 50000
     python -m bench.reliability --bundle models/default overload --seconds 60
+    python -m bench.reliability --bundle models/default connections
 
 soak: N requests of random length (1 to 6 sentences of the built-in corpus' test split, each to
 its own language) from 8 closed-loop clients. After a warm-up of 2,000 requests, the server's
@@ -14,6 +15,11 @@ then requests are sent open-loop at 2C for T seconds with TRANSLATOR_QUEUE_TIMEO
 Criteria: admitted (OK) requests' p99 <= queue timeout + one batch; errors only
 RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED; the server's translator_requests_total by code equals
 the client's tally; every request sent ends with a status.
+
+connections: the p99 of 8 closed-loop clients alone, then beside 500 idle connections, 20 TCP
+sockets that send nothing and a client process stopped with SIGSTOP; and how long until the
+server closes the stopped client's connection (`ss`). Criteria: p99 within +10 %; closed within
+keepalive 30 s + timeout 10 s + 5 s.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ import asyncio
 import os
 import random
 import re
+import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -178,6 +188,105 @@ def overload(args: argparse.Namespace) -> None:
     print(f"  other status codes: {sorted(others) or 'none'}")
 
 
+STOPPED_CLIENT = """
+import sys, time, grpc
+from service.pb.translator.v1 import translator_pb2 as pb, translator_pb2_grpc as pb_grpc
+channel = grpc.insecure_channel(sys.argv[1])
+pb_grpc.TranslatorStub(channel).ListLanguages(pb.ListLanguagesRequest(), timeout=10)
+print("connected", flush=True)
+time.sleep(3600)
+"""
+
+
+async def _latencies(
+    address: str, requests: list[pb.TranslateRequest], seconds: float
+) -> list[float]:
+    """Latencies of 8 closed-loop clients over `seconds`."""
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def client(stub: pb_grpc.TranslatorStub, offset: int) -> None:
+        i = offset
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            await stub.Translate(requests[i % len(requests)], timeout=30)
+            latencies.append(time.perf_counter() - start)
+            i += 1
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        await asyncio.gather(*(client(stub, 97 * k) for k in range(8)))
+    return latencies
+
+
+async def _idle_channels(address: str, count: int) -> list[grpc.aio.Channel]:
+    """`count` connections, each used once, then left idle."""
+    channels = []
+    for _ in range(count):
+        channel = grpc.aio.insecure_channel(
+            address, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        await pb_grpc.TranslatorStub(channel).ListLanguages(pb.ListLanguagesRequest(), timeout=10)
+        channels.append(channel)
+    return channels
+
+
+def _established(pid: int, port: int) -> bool:
+    """Whether process `pid` still holds an ESTABLISHED connection to `port`."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return f"pid={pid}," in out
+
+
+def connections(args: argparse.Namespace) -> None:
+    """Scenario 27: idle connections, silent sockets and a stopped peer beside normal clients."""
+    server = ServerProcess(args.bundle, {"TRANSLATOR_THREADS": str(args.threads)})
+    address = f"127.0.0.1:{server.port}"
+    requests = _requests(1000, seed=6)
+    stopped = None
+    try:
+        asyncio.run(_latencies(address, requests, 3.0))  # warm-up
+        alone = asyncio.run(_latencies(address, requests, args.seconds))
+
+        async def crowded() -> list[float]:
+            channels = await _idle_channels(address, args.idle)
+            silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+            try:
+                return await _latencies(address, requests, args.seconds)
+            finally:
+                for sock in silent:
+                    sock.close()
+                await asyncio.gather(*(c.close() for c in channels))
+
+        stopped = subprocess.Popen(
+            [sys.executable, "-c", STOPPED_CLIENT, address],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert stopped.stdout is not None and stopped.stdout.readline().strip() == "connected"
+        stopped.send_signal(signal.SIGSTOP)
+        stopped_at = time.perf_counter()
+        beside = asyncio.run(crowded())
+        while _established(stopped.pid, server.port) and time.perf_counter() - stopped_at < 120:
+            time.sleep(0.5)
+        closed_after = time.perf_counter() - stopped_at
+    finally:
+        if stopped is not None:
+            stopped.kill()
+        server.stop()
+    p99 = [float(np.percentile(x, 99)) * 1000 for x in (alone, beside)]
+    print(f"connections: 8 clients' p99 {p99[0]:.0f} ms alone, {p99[1]:.0f} ms beside")
+    print(f"  {args.idle} idle connections, 20 silent sockets and a SIGSTOPped client")
+    print(f"  ({p99[1] / p99[0] - 1:+.0%}; criterion <= +10 %)")
+    print(f"  the stopped client's connection closed by the server after {closed_after:.0f} s")
+    print("  (criterion: keepalive 30 s + timeout 10 s + 5 s = 45 s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, default=Path("models/default"))
@@ -187,8 +296,11 @@ def main() -> None:
     soak_parser.add_argument("--requests", type=int, default=50_000)
     overload_parser = runs.add_parser("overload")
     overload_parser.add_argument("--seconds", type=float, default=60.0)
+    connections_parser = runs.add_parser("connections")
+    connections_parser.add_argument("--idle", type=int, default=500)
+    connections_parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
-    {"soak": soak, "overload": overload}[args.run](args)
+    {"soak": soak, "overload": overload, "connections": connections}[args.run](args)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ def _server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),  # find dead peers behind NATs and load balancers
         ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.ping_timeout_ms", 10_000),  # newer cores wait this long (default 60 s) instead
+        ("grpc.keepalive_permit_without_calls", 1),  # ping idle connections too: a dead or stopped
+        # peer without a call in flight is closed after 40 s, not kept until max_connection_idle
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.max_connection_idle_ms", 300_000),
         ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
