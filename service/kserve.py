@@ -21,7 +21,7 @@ from typing import TypeAlias
 import grpc
 
 from service.engine import TranslationEngine
-from service.errors import InvalidArgumentError, ModelNotFoundError
+from service.errors import DrainingError, InvalidArgumentError, ModelNotFoundError
 from service.interceptors import record_model
 from service.pb.inference import grpc_predict_v2_pb2 as pb
 from service.pb.inference import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -174,9 +174,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelReadyResponse:
         try:
             engine = self._engine(request.name, request.version)
-        except ModelNotFoundError:
+        except (ModelNotFoundError, DrainingError):  # unknown, or still loading at startup
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=engine.state == "ready")
+        ready = engine.state == "ready" and not self._repository.stopping
+        return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Context

@@ -39,6 +39,13 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DEFAULT_NAME = "default"
+
+
+class ModelLoadError(RuntimeError):
+    """A bundle that passed its checks failed to open or warm up (onnxruntime's own errors, an
+    out-of-memory device, ...); the message names the bundle."""
+
+
 LOAD_ERRORS = (BundleError, DeviceError, SettingsFileError, OSError, RuntimeError, ValueError)
 
 
@@ -63,7 +70,11 @@ def model_versions(model_dir: Path) -> list[ModelSource]:
     if (model_dir / MANIFEST_FILE).is_file():
         return [ModelSource(model_dir.name, "", model_dir, _stamp(model_dir), model_dir)]
     versions = sorted(
-        ((int(d.name), d) for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()),
+        (
+            (int(d.name), d)
+            for d in model_dir.iterdir()
+            if d.is_dir() and d.name.isascii() and d.name.isdigit()
+        ),
         reverse=True,
     )
     return [
@@ -123,6 +134,7 @@ class ModelRepository:
         self._wake = asyncio.Event()
         self.engine_failed = asyncio.Event()  # an engine's threads ended unasked
         self._started = False  # every model of the startup is loaded
+        self.stopping = False  # SIGTERM: NOT_SERVING everywhere, though still serving (drain delay)
         self.default = ""
 
     # -- lookups, on the event loop --
@@ -148,7 +160,9 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        return bool(self._engines) and all(e.state == "ready" for e in self._engines.values())
+        """Every model of the startup is loaded and none is draining (KServe ServerReady)."""
+        engines = self._engines.values()
+        return self._started and not self.stopping and all(e.state == "ready" for e in engines)
 
     # -- life cycle --
 
@@ -203,7 +217,8 @@ class ModelRepository:
         )
 
     def wake(self) -> None:
-        """Rescan now (SIGHUP)."""
+        """Rescan now (SIGHUP), retrying the versions refused so far (a copy finished since)."""
+        self._refused.clear()
         self._wake.set()
 
     async def watch(self) -> None:
@@ -213,7 +228,10 @@ class ModelRepository:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll)
             self._wake.clear()
-            await self.rescan()
+            try:
+                await self.rescan()
+            except Exception:  # a bug must not end the rescans for the life of the process
+                log.exception("repository rescan failed; the next one runs as usual")
 
     async def rescan(self) -> None:
         """Load new and changed models, unload removed ones (one rescan at a time)."""
@@ -245,13 +263,18 @@ class ModelRepository:
         loop = asyncio.get_running_loop()
         settings = engine_settings(self._settings, source.model_dir)
         metrics = self._metrics.for_model(source.name)
-        engine = await loop.run_in_executor(
-            None,
-            lambda: TranslationEngine.load(
-                source.path, settings, metrics, source.name, source.version or None
-            ),
-        )
-        await loop.run_in_executor(None, engine.warm_up)
+        try:
+            engine = await loop.run_in_executor(
+                None,
+                lambda: TranslationEngine.load(
+                    source.path, settings, metrics, source.name, source.version or None
+                ),
+            )
+            await loop.run_in_executor(None, engine.warm_up)
+        except LOAD_ERRORS:
+            raise
+        except Exception as error:  # onnxruntime's errors derive from Exception alone
+            raise ModelLoadError(f"{source.path}: {type(error).__name__}: {error}") from error
         engine.start()
         return engine
 

@@ -99,7 +99,7 @@ class TranslationServer:
         try:
             await self.repository.start()
         except BaseException:
-            await self.stop(grace=0)
+            await self.stop(grace=0, delay=0)
             raise
         await self.health.ready()
         if s.model_repository is not None:
@@ -155,6 +155,7 @@ class TranslationServer:
         `grace`."""
         grace = self.settings.grace_period_s if grace is None else grace
         delay = self.settings.drain_delay_s if delay is None else delay
+        self.repository.stopping = True
         await self.health.draining()
         if self._watcher is not None:
             self._watcher.cancel()

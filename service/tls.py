@@ -85,13 +85,13 @@ class CertificateFiles:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """Before each new connection: the new configuration if a file changed, else None."""
         with self._lock:
-            stamp = self._stamps()
-            if stamp == self._stamp:
-                return None
-            self._stamp = stamp
-            try:
+            try:  # called from gRPC's core: nothing may escape
+                stamp = self._stamps()
+                if stamp == self._stamp:
+                    return None
+                self._stamp = stamp
                 configuration = self._configuration()
-            except TlsError as error:
+            except (TlsError, OSError) as error:
                 log.error("rotated TLS files refused, still serving the previous ones: %s", error)
                 return None
             self.rotations += 1

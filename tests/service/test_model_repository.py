@@ -339,3 +339,35 @@ def test_startup_falls_back_past_a_broken_newest_version(
         assert running.engine("m").info.version == "1"
     finally:
         running.stop()
+
+
+class _InjectedOrtError(Exception):
+    """What onnxruntime raises: an Exception, not a RuntimeError."""
+
+
+def test_an_engine_that_fails_to_warm_up_is_refused_and_polling_goes_on(
+    tmp_path: Path, service_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.engine import TranslationEngine
+
+    real_warm_up = TranslationEngine.warm_up
+
+    def warm_up(engine: TranslationEngine) -> None:
+        if engine.info.version == "2":
+            raise _InjectedOrtError("injected: out of device memory")
+        real_warm_up(engine)
+
+    monkeypatch.setattr(TranslationEngine, "warm_up", warm_up)
+    shutil.copytree(service_bundle, tmp_path / "m" / "1")
+    running = ServerThread(service_bundle, model_repository=tmp_path, repository_poll_s=0.2).start()
+    try:
+        shutil.copytree(service_bundle, tmp_path / "m" / ".2")
+        (tmp_path / "m" / ".2").rename(tmp_path / "m" / "2")
+        failed = {"model": "m", "result": "failed"}
+        running.wait_until(lambda: running.sample("translator_model_loads_total", failed) == 1, 30)
+        assert running.engine("m").info.version == "1"
+        shutil.copytree(service_bundle, tmp_path / "m" / ".3")
+        (tmp_path / "m" / ".3").rename(tmp_path / "m" / "3")
+        running.wait_until(lambda: running.engine("m").info.version == "3", timeout=30)
+    finally:
+        running.stop()
