@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
 import threading
 import time
 import urllib.request
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 
 from service.engine import TranslationEngine
 from service.pb.translator.v1 import translator_pb2 as pb
@@ -150,3 +152,12 @@ def translate_request(
 def stub(address: str) -> tuple[grpc.Channel, pb_grpc.TranslatorStub]:
     channel = grpc.insecure_channel(address)
     return channel, pb_grpc.TranslatorStub(channel)
+
+
+def promtool() -> Path:
+    """Debian's promtool, fetched into .cache/ by scripts/fetch_prometheus.sh (skip without it)."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "fetch_prometheus.sh"
+    result = subprocess.run([str(script)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"promtool unavailable: {result.stderr.strip()[-200:]}")
+    return Path(result.stdout.strip()) / "promtool"

@@ -25,18 +25,18 @@ from service.settings import ServiceSettings
 from tests.service.service_harness import translate_request
 
 
+def _server(bundle: Path) -> TranslationServer:
+    """A server on free loopback ports, started by the test's own event loop."""
+    settings = ServiceSettings(
+        host="127.0.0.1", port=0, metrics_port=0, bundle_path=bundle, device="cpu", threads=1
+    )
+    return TranslationServer(settings)
+
+
 def test_a_dead_engine_thread_ends_the_process_with_status_1(
     service_bundle: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = ServiceSettings(
-        host="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        bundle_path=service_bundle,
-        device="cpu",
-        threads=1,
-    )
-    server = TranslationServer(settings)
+    server = _server(service_bundle)
     seen: dict[str, Any] = {}
 
     def die(plan: Any) -> Any:
@@ -88,15 +88,7 @@ def test_before_warm_up_readiness_waits_and_requests_are_unavailable(
         real_warm_up(engine)
 
     monkeypatch.setattr(TranslationEngine, "warm_up", slow_warm_up)
-    settings = ServiceSettings(
-        host="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        bundle_path=service_bundle,
-        device="cpu",
-        threads=1,
-    )
-    server = TranslationServer(settings)
+    server = _server(service_bundle)
 
     async def status(name: str) -> int:
         request = health_pb2.HealthCheckRequest(service=name)

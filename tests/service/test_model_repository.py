@@ -27,7 +27,7 @@ from service.pb.translator.v1 import translator_pb2_grpc as pb_grpc
 from service.repository import scan_repository
 from service.settings import ServiceSettings, SettingsFileError, engine_settings
 from tests.hf_marian import SOURCE_WORDS
-from tests.service.service_harness import ServerThread, stub, translate_request
+from tests.service.service_harness import ServerThread, promtool, stub, translate_request
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = ROOT / "models" / "default"
@@ -176,14 +176,6 @@ def test_64_concurrent_clients_over_three_models_get_their_one_at_a_time_outputs
     assert not mismatches, mismatches[:3]
 
 
-def _promtool() -> Path:
-    script = ROOT / "scripts" / "fetch_prometheus.sh"
-    result = subprocess.run([str(script)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"promtool unavailable: {result.stderr.strip()[-200:]}")
-    return Path(result.stdout.strip()) / "promtool"
-
-
 def _series(text: str) -> set[str]:
     return {line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")}
 
@@ -220,7 +212,7 @@ def test_per_model_counters_match_the_clients_and_unknown_models_add_no_series(
     assert served.sample("translator_requests_total", not_found) >= 1001
     assert served.sample("translator_rejections_total", {"reason": "model_not_found"}) >= 1000
     check = subprocess.run(
-        [str(_promtool()), "check", "metrics"], input=text, capture_output=True, text=True
+        [str(promtool()), "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
     versions = {"default": "1", "en-de": "3"}

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 from service_fakes import FakeRunner
-from service_harness import ServerThread, stub, translate_request
+from service_harness import ServerThread, promtool, stub, translate_request
 
 from model.corpus import Corpus
 from service.pb.translator.v1 import translator_pb2 as pb
@@ -20,7 +19,6 @@ from service.tokenizer import load_tokenizer
 from service.types import TextTokenizer
 
 LANGUAGES = ("de", "fr", "es", "it")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +137,6 @@ def test_short_request_finishes_while_long_ones_decode(server):
         assert all(call.result().translations[0].token_count == 101 for call in calls)
 
 
-def _promtool() -> Path:
-    script = ROOT / "scripts" / "fetch_prometheus.sh"
-    result = subprocess.run([str(script)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"promtool unavailable: {result.stderr.strip()[-200:]}")
-    return Path(result.stdout.strip()) / "promtool"
-
-
 def test_metrics_pass_promtool_and_match_client_tallies(service_bundle, sentences):
     running = ServerThread(service_bundle).start()
     try:
@@ -175,7 +165,7 @@ def test_metrics_pass_promtool_and_match_client_tallies(service_bundle, sentence
     finally:
         running.stop()
     checked = subprocess.run(
-        [str(_promtool()), "check", "metrics"], input=text, capture_output=True, text=True
+        [str(promtool()), "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     for code, count in tally.items():
