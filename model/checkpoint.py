@@ -5,7 +5,10 @@ DIR/config.json          model config, source and target languages, tokenizer ki
 DIR/model.safetensors    weights
 DIR/tokenizer.model      sentencepiece (tokenizer "sentencepiece": trained by model.train)
 DIR/source.spm, target.spm, vocab.json   (tokenizer "marian": imported by model.import_hf)
-DIR/trainer_state.pt     optimizer and schedule state for resuming (tensors only)
+DIR/trainer_state.pt     optimizer, schedule, data position and random state for resuming
+                         (tensors and plain values only)
+DIR/steps/step-NNNNNNN.safetensors   weights of the last saves (--keep-checkpoints), averaged by
+                         model.average
 DIR/metrics.json         evaluation on the test split, written by model.evaluate
 """
 
@@ -36,6 +39,7 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
 TRAINER_STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.json"
+STEPS_DIR = "steps"
 
 
 class CheckpointError(ValueError):
@@ -110,9 +114,30 @@ def save_imported(directory: Path, imported: Imported) -> None:
     _write_config(directory, config.to_dict())
 
 
-def _write_weights(directory: Path, state: dict[str, torch.Tensor]) -> None:
-    weights = {k: v.detach().contiguous() for k, v in state.items()}
-    _write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(weights, str(p)))
+def _write_weights(
+    directory: Path, state: dict[str, torch.Tensor], name: str = WEIGHTS_FILE
+) -> None:
+    weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    _write_atomically(directory / name, lambda p: save_file(weights, str(p)))
+
+
+def save_weights(directory: Path, weights: dict[str, torch.Tensor]) -> None:
+    """DIR/model.safetensors alone (model.average writes its config and tokenizer beside it)."""
+    _write_weights(directory, weights)
+
+
+def save_step_weights(directory: Path, model: Transformer, step: int, keep: int) -> None:
+    """Keep the weights of this step beside the checkpoint, and only the last `keep` of them."""
+    steps = directory / STEPS_DIR
+    steps.mkdir(parents=True, exist_ok=True)
+    _write_weights(steps, model.state_dict(), f"step-{step:07d}.safetensors")
+    for old in step_weights(directory)[:-keep]:
+        old.unlink()
+
+
+def step_weights(directory: Path) -> list[Path]:
+    """The kept weights of a checkpoint, oldest step first."""
+    return sorted((directory / STEPS_DIR).glob("step-*.safetensors"))
 
 
 def _write_config(directory: Path, config: dict[str, Any]) -> None:

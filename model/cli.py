@@ -11,6 +11,7 @@ from typing import Any
 from model.builtin_corpus import DEFAULT_SEED, DEFAULT_SIZE, builtin_corpus, check_set
 from model.checkpoint import CheckpointError
 from model.corpus import Corpus, CorpusError, Pair, read_aligned, read_tsv, split_corpus
+from model.shards import is_prepared, read_meta
 from model.tokenizer import UnknownLanguageError
 
 # Errors whose message is the whole story: printed on one line, exit status 2, no traceback.
@@ -23,7 +24,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         "--corpus",
         default="builtin",
         help="'builtin', a TSV file (source<TAB>target or lang<TAB>source<TAB>target),"
-        " or the source file of two line-aligned files (see --target-file)",
+        " the source file of two line-aligned files (see --target-file), or a directory"
+        " written by model.prepare",
     )
     group.add_argument("--target-file", type=Path, help="target side of a line-aligned corpus")
     group.add_argument("--target-lang", help="target language of a 2-column or line-aligned corpus")
@@ -39,6 +41,11 @@ def corpus_from_args(args: argparse.Namespace) -> Corpus:
     if args.corpus == "builtin":
         return builtin_corpus(args.corpus_size, args.corpus_seed)
     path = Path(args.corpus)
+    if is_prepared(path):
+        # The training split stays on disk (model.shards); the held-out splits are small text.
+        read_meta(path)
+        valid, test = (_read_split(path / f"{split}.tsv") for split in ("valid", "test"))
+        return Corpus(train=[], valid=valid, test=test)
     if args.target_file is not None:
         if args.target_lang is None:
             raise CorpusError("a line-aligned corpus needs --target-lang")
@@ -51,10 +58,16 @@ def corpus_from_args(args: argparse.Namespace) -> Corpus:
     return corpus
 
 
+def _read_split(path: Path) -> list[Pair]:
+    return read_tsv(path) if path.stat().st_size else []
+
+
 def corpus_description(args: argparse.Namespace) -> dict[str, Any]:
     """What rebuilds the corpus: recorded in metrics.json and the bundle's manifest."""
     if args.corpus == "builtin":
         return {"name": "builtin", "size": args.corpus_size, "seed": args.corpus_seed}
+    if is_prepared(Path(args.corpus)):
+        return {"name": str(args.corpus), "prepared_from": read_meta(Path(args.corpus))["source"]}
     return {"name": str(args.corpus), "target_file": str(args.target_file or "")}
 
 

@@ -12,6 +12,7 @@ never appears in two splits, whatever its target language.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,11 +104,15 @@ def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
         ) from error
 
 
-def read_tsv(path: Path, target_lang: str | None = None) -> list[Pair]:
-    """Read `source<TAB>target` (needs `target_lang`) or `lang<TAB>source<TAB>target` lines."""
+def iter_tsv(path: Path, target_lang: str | None = None) -> Iterator[Pair]:
+    """Stream `source<TAB>target` (needs `target_lang`) or `lang<TAB>source<TAB>target` lines.
+
+    One line at a time, so a corpus larger than memory can be read; a malformed line raises a
+    CorpusError naming the file and the line number.
+    """
     if target_lang is not None:
         check_language(target_lang)
-    pairs = []
+    known: set[str] = set()  # languages already checked: CLDR parsing is slow per line
     for number, line in _open_lines(path):
         if not line.strip():
             continue
@@ -115,10 +120,11 @@ def read_tsv(path: Path, target_lang: str | None = None) -> list[Pair]:
         where = f"{path}:{number}"
         if len(fields) == 3:
             lang, source, target = fields
-            try:
-                check_language(lang)
-            except CorpusError as error:
-                raise CorpusError(f"{where}: {error}") from None
+            if lang not in known:
+                try:
+                    known.add(check_language(lang))
+                except CorpusError as error:
+                    raise CorpusError(f"{where}: {error}") from None
         elif len(fields) == 2:
             if target_lang is None:
                 raise CorpusError(
@@ -132,28 +138,43 @@ def read_tsv(path: Path, target_lang: str | None = None) -> list[Pair]:
             )
         if not source.strip() or not target.strip():
             raise CorpusError(f"{where}: empty {'source' if not source.strip() else 'target'}")
-        pairs.append(Pair(lang, source.strip(), target.strip()))
-    if not pairs:
-        raise CorpusError(f"{path}: the corpus is empty")
-    return pairs
+        yield Pair(lang, source.strip(), target.strip())
 
 
-def read_aligned(source_path: Path, target_path: Path, target_lang: str) -> list[Pair]:
-    """Read two line-aligned files; the line counts must match and no line may be empty."""
+def iter_aligned(source_path: Path, target_path: Path, target_lang: str) -> Iterator[Pair]:
+    """Stream two line-aligned files; the line counts must match and no line may be empty."""
     check_language(target_lang)
-    sources = list(_open_lines(source_path))
-    targets = list(_open_lines(target_path))
-    if len(sources) != len(targets):
-        raise CorpusError(
-            f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)};"
-            " line-aligned files must have the same number of lines"
-        )
-    pairs = []
-    for (number, source), (_, target) in zip(sources, targets, strict=True):
+    sources, targets = _open_lines(source_path), _open_lines(target_path)
+    counts = [0, 0]
+    for source_line, target_line in itertools.zip_longest(sources, targets):
+        if source_line is None or target_line is None:
+            counts[source_line is None] += 1  # count the rest of the longer file
+            continue
+        (number, source), (_, target) = source_line, target_line
+        counts = [number, number]
         for path, text in ((source_path, source), (target_path, target)):
             if not text.strip():
                 raise CorpusError(f"{path}:{number}: empty line in a line-aligned corpus")
-        pairs.append(Pair(target_lang, source.strip(), target.strip()))
-    if not pairs:
-        raise CorpusError(f"{source_path}: the corpus is empty")
-    return pairs
+        yield Pair(target_lang, source.strip(), target.strip())
+    if counts[0] != counts[1]:
+        raise CorpusError(
+            f"{source_path} has {counts[0]} lines but {target_path} has {counts[1]};"
+            " line-aligned files must have the same number of lines"
+        )
+
+
+def _nonempty(pairs: Iterable[Pair], path: Path) -> list[Pair]:
+    found = list(pairs)
+    if not found:
+        raise CorpusError(f"{path}: the corpus is empty")
+    return found
+
+
+def read_tsv(path: Path, target_lang: str | None = None) -> list[Pair]:
+    """All pairs of a TSV corpus (see `iter_tsv`)."""
+    return _nonempty(iter_tsv(path, target_lang), path)
+
+
+def read_aligned(source_path: Path, target_path: Path, target_lang: str) -> list[Pair]:
+    """All pairs of two line-aligned files (see `iter_aligned`)."""
+    return _nonempty(iter_aligned(source_path, target_path, target_lang), source_path)

@@ -1,15 +1,19 @@
-"""Tokenized examples, token-based length-bucketed batches, and the padded tensors of a batch."""
+"""Tokenized examples, token-based length-bucketed batches, the resumable batch stream, and the
+padded tensors of a batch."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from model.corpus import Pair
+from model.shards import TokenizedPairs
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
@@ -34,6 +38,10 @@ class Batch:
     @property
     def n_tokens(self) -> int:
         return int(self.src_mask.sum() + self.tgt_mask.sum())
+
+    def to(self, device: torch.device) -> Batch:
+        tensors = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return Batch(*(t.to(device, non_blocking=True) for t in tensors))
 
 
 def tokenize(pairs: Sequence[Pair], tokenizer: Tokenizer, max_len: int) -> list[Example]:
@@ -65,33 +73,38 @@ def collate(examples: Sequence[Example]) -> Batch:
     return Batch(src_ids, src_mask, tgt_in, tgt_out, tgt_mask)
 
 
-def length_buckets(
-    examples: Sequence[Example],
+def plan_batches(
+    src_lengths: Sequence[int] | np.ndarray,
+    tgt_lengths: Sequence[int] | np.ndarray,
     max_tokens: int,
     rng: random.Random | None = None,
     bucket_width: int = 8,
-) -> list[list[Example]]:
-    """Group examples of similar length into batches of at most `max_tokens` padded tokens.
+) -> list[list[int]]:
+    """Group pair indices of similar length into batches of at most `max_tokens` padded tokens.
 
-    Examples fall into buckets of `bucket_width` tokens of length; inside a bucket their order is
+    Pairs fall into buckets of `bucket_width` tokens of length; inside a bucket their order is
     random (when `rng` is given), so a batch mixes languages and kinds of sentence instead of
     holding only pairs of one exact length, which are often of one kind. Buckets are cut greedily
-    into batches whose padded source + target size fits `max_tokens`, and the batch order is
-    shuffled.
+    into batches whose padded source + target size (`</s>` or `<s>` included) fits `max_tokens`,
+    and the batch order is shuffled. Lengths are target pieces without specials.
     """
-    order = list(examples)
+    src = np.asarray(src_lengths, dtype=np.int64)
+    tgt = np.asarray(tgt_lengths, dtype=np.int64) + 1
+    order = list(range(len(src)))
     if rng is not None:
         rng.shuffle(order)
-    order.sort(key=lambda e: (len(e.src) + len(e.tgt)) // bucket_width)  # stable: random inside
-    batches: list[list[Example]] = []
-    current: list[Example] = []
+    keys = ((src + tgt - 1) // bucket_width).tolist()
+    order.sort(key=keys.__getitem__)  # stable: random inside a bucket
+    src_list, tgt_list = src.tolist(), tgt.tolist()
+    batches: list[list[int]] = []
+    current: list[int] = []
     src_width = tgt_width = 0
-    for example in order:
-        new_src, new_tgt = max(src_width, len(example.src)), max(tgt_width, len(example.tgt) + 1)
+    for i in order:
+        new_src, new_tgt = max(src_width, src_list[i]), max(tgt_width, tgt_list[i])
         if current and (new_src + new_tgt) * (len(current) + 1) > max_tokens:
             batches.append(current)
-            current, new_src, new_tgt = [], len(example.src), len(example.tgt) + 1
-        current.append(example)
+            current, new_src, new_tgt = [], src_list[i], tgt_list[i]
+        current.append(i)
         src_width, tgt_width = new_src, new_tgt
     if current:
         batches.append(current)
@@ -100,11 +113,107 @@ def length_buckets(
     return batches
 
 
-def epochs(examples: Sequence[Example], max_tokens: int, seed: int) -> Iterator[tuple[int, Batch]]:
-    """Endless (epoch, batch) stream, reshuffled every epoch."""
-    rng = random.Random(seed)
-    epoch = 0
-    while True:
-        for group in length_buckets(examples, max_tokens, rng):
-            yield epoch, collate(group)
-        epoch += 1
+def length_buckets(
+    examples: Sequence[Example],
+    max_tokens: int,
+    rng: random.Random | None = None,
+    bucket_width: int = 8,
+) -> list[list[Example]]:
+    """`plan_batches` over examples held in memory."""
+    plan = plan_batches(
+        [len(e.src) for e in examples],
+        [len(e.tgt) for e in examples],
+        max_tokens,
+        rng,
+        bucket_width,
+    )
+    return [[examples[i] for i in batch] for batch in plan]
+
+
+@dataclass
+class DataPosition:
+    """Where the batch stream stands: resuming from it replays exactly the batches not yet seen."""
+
+    epoch: int = 0
+    batch: int = 0  # index of the next batch in this epoch's plan
+    rng_state: list[object] | None = None  # random.Random state at the start of `epoch`
+
+    def to_dict(self) -> dict[str, object]:
+        return {"epoch": self.epoch, "batch": self.batch, "rng_state": self.rng_state}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> DataPosition:
+        return cls(**values)  # type: ignore[arg-type]
+
+
+class BatchStream:
+    """The endless stream of global batches (lists of pair indices), reshuffled every epoch.
+
+    The plan depends on the seed, the lengths and `max_tokens` only, never on how many ranks
+    share the work, so a run can resume on a different number of processes and see the same
+    batches. `position` is saved in checkpoints.
+    """
+
+    def __init__(self, pairs: TokenizedPairs, max_tokens: int, seed: int) -> None:
+        self.pairs = pairs
+        self.max_tokens = max_tokens
+        self._src_lengths, self._tgt_lengths = pairs.src_lengths, pairs.tgt_lengths
+        self._rng = random.Random(seed)
+        self.position = DataPosition(rng_state=_rng_state(self._rng))
+        self._plan = self._plan_epoch()
+
+    def _plan_epoch(self) -> list[list[int]]:
+        return plan_batches(self._src_lengths, self._tgt_lengths, self.max_tokens, self._rng)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._plan)
+
+    def seek(self, position: DataPosition) -> None:
+        assert position.rng_state is not None
+        self._rng.setstate(_rng_tuple(position.rng_state))
+        self._plan = self._plan_epoch()
+        self.position = DataPosition(position.epoch, position.batch, position.rng_state)
+
+    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
+        return self
+
+    def __next__(self) -> tuple[int, list[int]]:
+        """(epoch, pair indices of the next global batch)."""
+        if self.position.batch >= len(self._plan):
+            state = _rng_state(self._rng)
+            self._plan = self._plan_epoch()
+            self.position = DataPosition(self.position.epoch + 1, 0, state)
+        batch = self._plan[self.position.batch]
+        self.position.batch += 1
+        return self.position.epoch, batch
+
+    def n_tokens(self, indices: Sequence[int]) -> int:
+        """Real source + target tokens of a batch (`<s>` counted on the target side)."""
+        return int(self._src_lengths[indices].sum() + self._tgt_lengths[indices].sum()) + len(
+            indices
+        )
+
+    def n_target_tokens(self, indices: Sequence[int]) -> int:
+        """Target tokens the loss is taken over (`</s>` included)."""
+        return int(self._tgt_lengths[indices].sum()) + len(indices)
+
+
+def _rng_state(rng: random.Random) -> list[object]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _rng_tuple(state: Sequence[object]) -> tuple[object, ...]:
+    version, internal, gauss = state
+    assert isinstance(internal, Sequence)
+    return (version, tuple(internal), gauss)
+
+
+def rank_share(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """The pairs of a global batch that one rank computes: every `world_size`-th, from `rank`."""
+    return list(batch[rank::world_size])
+
+
+def collate_pairs(pairs: TokenizedPairs, indices: Sequence[int]) -> Batch:
+    return collate([Example(*pairs.pair(i)) for i in indices])

@@ -1,11 +1,23 @@
 """Train a translation model on a parallel corpus, then evaluate it on the test split.
 
-    python -m model.train --corpus builtin|PATH --preset small --out DIR [--resume]
+    python -m model.train --corpus builtin|PATH|PREPARED_DIR --preset small --out DIR [--resume]
+    torchrun --nproc_per_node N -m model.train ... [--device cuda --precision bf16]
 
 DIR receives the checkpoint (config, weights, tokenizer, trainer state) and metrics.json. The preset
 fixes the architecture and the number of steps (model.training.TRAIN_PRESETS); any schedule option
 (--max-steps, --max-tokens, ...) overrides it. The seed is fixed, so the same command on the same
-machine gives the same weights.
+machine gives the same weights. Under torchrun the ranks share each step's --max-tokens budget and
+rank 0 writes; a run resumes (--resume) where it stopped, on any number of ranks. A corpus larger
+than memory is tokenized first by `python -m model.prepare` (model/shards.py).
+
+The paper's base recipe (section 5) on a user corpus, 8 GPUs:
+
+    python -m model.prepare --corpus wmt14.en-de.tsv --preset base --vocab-size 37000 --out data
+    torchrun --nproc_per_node 8 -m model.train --corpus data --preset base --out ckpt \\
+        --precision bf16 --save-every 1000 --keep-checkpoints 5
+    python -m model.average --checkpoint ckpt --last 5 --out ckpt-avg
+    python -m model.evaluate --checkpoint ckpt-avg --test-file newstest2014.tsv \\
+        --beam-size 4 --length-penalty 0.6
 """
 
 from __future__ import annotations
@@ -13,10 +25,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import os
+import re
+import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from model.checkpoint import (
     TRAINER_STATE_FILE,
@@ -33,27 +51,79 @@ from model.cli import (
     run_cli,
 )
 from model.config import PRESETS, ModelConfig
-from model.corpus import Corpus
+from model.corpus import Corpus, CorpusError
 from model.data import tokenize
+from model.distributed import DEVICES, DeviceError, RankLostError, World, join
 from model.evaluate import evaluate, format_metrics
+from model.shards import TOKENIZER_FILE, TokenizedPairs, is_prepared, read_meta
 from model.tokenizer import Tokenizer
-from model.training import TRAIN_PRESETS, TrainConfig, Trainer
+from model.training import (
+    RESUMABLE_CHANGES,
+    TRAIN_PRESETS,
+    TrainConfig,
+    TrainConfigError,
+    Trainer,
+)
 from model.transformer import Transformer
 
+# How gloo and NCCL report a rank that went away, as the others see it in their next collective.
+PEER_FAILURE = re.compile(r"closed by peer|connection reset|broken pipe|nccl|gloo", re.IGNORECASE)
 VALID_SAMPLE = 400  # validation sentences decoded at every validation
 
 
-def build_fresh(corpus: Corpus, preset: str) -> tuple[Transformer, Tokenizer]:
-    config = ModelConfig.from_name(preset)
-    texts = itertools.chain.from_iterable((p.source, p.target) for p in corpus.train)
-    tokenizer = Tokenizer.train(texts, corpus.languages, config.vocab_size)
-    config = dataclasses.replace(config, vocab_size=len(tokenizer))
-    return Transformer(config), tokenizer
+def model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
+    """The preset's architecture with the vocabulary and the command's overrides."""
+    overrides: dict[str, Any] = {"vocab_size": vocab_size}
+    if args.dropout is not None:
+        overrides["dropout"] = args.dropout
+    try:
+        return ModelConfig.from_name(args.preset, **overrides)
+    except ValueError as error:
+        raise TrainConfigError(str(error)) from None
 
 
-def resume(out: Path, preset: str) -> tuple[Transformer, Tokenizer, dict[str, object]]:
+def train_tokenizer(corpus: Corpus, size: int, world: World) -> Tokenizer:
+    """Rank 0 learns the shared vocabulary and hands it to the other ranks."""
+    proto = None
+    if world.is_main:
+        texts = itertools.chain.from_iterable((p.source, p.target) for p in corpus.train)
+        proto = Tokenizer.train(texts, corpus.languages, size).model_proto
+    return Tokenizer(world.broadcast(proto))
+
+
+def check_resumable(out: Path, state: dict[str, Any], config: TrainConfig, corpus: Any) -> None:
+    """A resume continues the same run: same batches, same steps. Say what differs if not."""
+    saved = state.get("train_config", {})
+    wanted = dataclasses.asdict(config)
+    differ = {
+        k: (saved[k], wanted[k])
+        for k in sorted(saved)
+        if k in wanted and k not in RESUMABLE_CHANGES and saved[k] != wanted[k]
+    }
+    if differ:
+        shown = ", ".join(
+            f"{_flag(k)} {a} in the checkpoint, {b} now" for k, (a, b) in differ.items()
+        )
+        allowed = ", ".join(sorted(_flag(k) for k in RESUMABLE_CHANGES))
+        raise TrainConfigError(
+            f"{out}: cannot resume with different settings ({shown}); only {allowed} may change"
+        )
+    if state.get("corpus") and state["corpus"] != corpus:
+        raise TrainConfigError(
+            f"{out}: the checkpoint was trained on {state['corpus']}, not {corpus}; resume it on"
+            " the same corpus"
+        )
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def resume(
+    out: Path, wanted: ModelConfig, preset: str
+) -> tuple[Transformer, Tokenizer, dict[str, Any]]:
     saved = load_config(out).model
-    wanted = ModelConfig.from_name(preset, vocab_size=saved.vocab_size)
+    wanted = dataclasses.replace(wanted, vocab_size=saved.vocab_size)
     if saved != wanted:
         diff = {
             k: (v, getattr(wanted, k))
@@ -61,7 +131,8 @@ def resume(out: Path, preset: str) -> tuple[Transformer, Tokenizer, dict[str, ob
             if getattr(wanted, k) != v
         }
         raise CheckpointError(
-            f"{out}: the checkpoint does not match preset {preset!r} (checkpoint vs preset: {diff})"
+            f"{out}: the checkpoint does not match preset {preset!r} with this command's options"
+            f" (checkpoint vs now: {diff})"
         )
     model, tokenizer = load_model(out)
     if not isinstance(tokenizer, Tokenizer):
@@ -69,14 +140,50 @@ def resume(out: Path, preset: str) -> tuple[Transformer, Tokenizer, dict[str, ob
     return model, tokenizer, load_trainer_state(out)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
+def training_data(
+    args: argparse.Namespace, corpus: Corpus, world: World
+) -> tuple[TokenizedPairs | None, Tokenizer | None]:
+    """A prepared corpus's memory-mapped pairs and tokenizer; (None, None) for one in memory."""
+    path = Path(args.corpus)
+    if not is_prepared(path):
+        return None, None
+    meta = read_meta(path)
+    if args.vocab_size is not None and args.vocab_size != meta["vocab_size"]:
+        raise TrainConfigError(
+            f"{path}: prepared with a vocabulary of {meta['vocab_size']}, not --vocab-size"
+            f" {args.vocab_size}; prepare it again to change it"
+        )
+    if meta["max_positions"] > PRESETS[args.preset].max_positions:
+        raise TrainConfigError(
+            f"{path}: prepared for pairs of up to {meta['max_positions']} tokens, longer than"
+            f" preset {args.preset!r} allows ({PRESETS[args.preset].max_positions})"
+        )
+    return TokenizedPairs.open(path), Tokenizer.load(path / TOKENIZER_FILE)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainConfig]:
+    parser = argparse.ArgumentParser(
+        prog="python -m model.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory")
     parser.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint in --out"
     )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads per process (default: 2, or the cores / ranks)"
+    )
+    parser.add_argument("--vocab-size", type=int, help="shared vocabulary size (default: preset)")
+    parser.add_argument("--dropout", type=float, help="dropout (default: preset; base 0.1)")
+    parser.add_argument(
+        "--evaluate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the test split at the end",
+    )
     schedule = parser.add_argument_group("schedule (defaults: the preset's)")
     for field in dataclasses.fields(TrainConfig):
         schedule.add_argument(
@@ -87,48 +194,105 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_corpus_arguments(parser)
     args = parser.parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    train_config = dataclasses.replace(
+    config = dataclasses.replace(
         TRAIN_PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None}
     )
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(train_config.seed)
+    return args, config
 
+
+def run(args: argparse.Namespace, train_config: TrainConfig, world: World) -> None:
+    say = print if world.is_main else (lambda *_: None)
+    shared_cores = (os.cpu_count() or 2) // world.local_world_size
+    torch.set_num_threads(args.threads or (2 if world.world_size == 1 else max(1, shared_cores)))
     corpus = corpus_from_args(args)
-    print(
-        f"corpus: {len(corpus.train)} train, {len(corpus.valid)} valid,"
-        f" {len(corpus.test)} test pairs;"
-        f" languages {', '.join(corpus.languages)}"
+    description = corpus_description(args)
+    prepared, prepared_tokenizer = training_data(args, corpus, world)
+    n_train = len(prepared) if prepared is not None else len(corpus.train)
+    languages = prepared_tokenizer.languages if prepared_tokenizer else corpus.languages
+    say(
+        f"corpus: {n_train} train, {len(corpus.valid)} valid, {len(corpus.test)} test pairs;"
+        f" languages {', '.join(languages)}"
     )
+    torch.manual_seed(train_config.seed)  # the same initial weights on every rank
+    wanted = model_config(args, args.vocab_size or PRESETS[args.preset].vocab_size)
+    state = None
     if args.resume and (args.out / TRAINER_STATE_FILE).is_file():
-        model, tokenizer, state = resume(args.out, args.preset)
+        model, tokenizer, state = resume(args.out, wanted, args.preset)
+        check_resumable(args.out, state, train_config, description)
     else:
-        model, tokenizer = build_fresh(corpus, args.preset)
-        state = None
+        tokenizer = prepared_tokenizer or train_tokenizer(corpus, wanted.vocab_size, world)
+        model = Transformer(dataclasses.replace(wanted, vocab_size=len(tokenizer)))
+    if world.rank > 0:
+        torch.manual_seed(train_config.seed + world.rank)  # dropout differs between ranks
     n_params = sum(p.numel() for p in model.parameters())
-    print(
+    say(
         f"model: preset {args.preset}, {n_params / 1e6:.2f} M parameters,"
         f" vocabulary {len(tokenizer)}; {train_config.max_steps} steps"
-        f" of {train_config.max_tokens} tokens, seed {train_config.seed}"
+        f" of {train_config.max_tokens} tokens, seed {train_config.seed};"
+        f" {world.world_size} process(es) on {world.device}, {train_config.precision}"
     )
+    if world.world_size > 1:
+        rank = f"rank {world.rank}/{world.world_size}"
+        print(f"{rank}: pid {os.getpid()}, {world.device}", flush=True)
 
     max_len = model.config.max_positions
-    train = tokenize(corpus.train, tokenizer, max_len)
-    valid = tokenize(corpus.valid[:VALID_SAMPLE] or corpus.train[:VALID_SAMPLE], tokenizer, max_len)
-    trainer = Trainer(model, tokenizer, train_config, args.out)
+    train = prepared if prepared is not None else tokenize(corpus.train, tokenizer, max_len)
+    valid_pairs = corpus.valid[:VALID_SAMPLE] or corpus.train[:VALID_SAMPLE]
+    valid = tokenize(valid_pairs, tokenizer, max_len)
+    trainer = Trainer(model, tokenizer, train_config, args.out, world, description)
     if state is not None:
         trainer.load_state(state)
-        print(f"resuming at step {trainer.state.step}")
-    trainer.fit(train, valid)
-
-    if corpus.test:
+        saved_by = state.get("world_size", 1)
+        say(f"resuming at step {trainer.state.step} (saved by {saved_by} process(es))")
+    stop_on_sigterm(trainer, args.out)
+    try:
+        trainer.fit(train, valid)
+    except (dist.DistError, RuntimeError) as error:
+        if not (world.distributed and PEER_FAILURE.search(str(error))):
+            raise
+        raise RankLostError(
+            f"rank {world.rank}: another rank stopped, so this one cannot go on"
+            f" ({str(error).splitlines()[0][:200]}); {_resume_hint(trainer, args.out)}"
+        ) from None
+    world.close()
+    if not world.is_main:
+        return
+    if args.evaluate and corpus.test:
         metrics = evaluate(
-            args.out, corpus.test, check_pairs_of(args, corpus), corpus_description(args)
+            args.out, corpus.test, check_pairs_of(args, corpus), description, device=world.device
         )
         print(format_metrics(metrics))
-    else:
+    elif not corpus.test:
         print("the test split is empty: no evaluation")
 
 
+def _resume_hint(trainer: Trainer, out: Path) -> str:
+    if trainer.saved_step is None:
+        return f"no checkpoint was written to {out} yet"
+    return f"the checkpoint in {out} is at step {trainer.saved_step}: continue it with --resume"
+
+
+def stop_on_sigterm(trainer: Trainer, out: Path) -> None:
+    """On SIGTERM (torchrun stops every rank when one fails; Kubernetes stops a pod), say where
+    the run stands and exit at once. Checkpoints are written by rename, so none is left half
+    written."""
+
+    def stop(signum: int, _frame: object) -> None:
+        print(
+            f"\nrank {trainer.world.rank}: stopped by signal {signal.Signals(signum).name} at step"
+            f" {trainer.state.step}; {_resume_hint(trainer, out)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, train_config = parse_args(argv)
+    run(args, train_config, join(args.device))
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, (TrainConfigError, DeviceError, RankLostError, CorpusError))

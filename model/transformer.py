@@ -241,6 +241,16 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
         nn.init.normal_(self.embed.tokens.weight, mean=0.0, std=self.config.d_model**-0.5)
 
+    def key_biases(self) -> list[nn.Parameter]:
+        """The bias of every key projection: it adds q . b_k to all the scores of a query alike,
+        which softmax ignores. Its true gradient is 0; training freezes it, since what backprop
+        computes for it is rounding noise that Adam would turn into a random walk."""
+        return [
+            module.k_proj.bias
+            for module in self.modules()
+            if isinstance(module, MultiHeadAttention)
+        ]
+
     def encode(self, src_ids: Tensor, src_mask: Tensor) -> Tensor:
         """Source ids (B, S), right-padded, mask (B, S) with 1 = token -> memory (B, S, D)."""
         positions = torch.arange(src_ids.shape[1], device=src_ids.device).expand_as(src_ids)

@@ -14,7 +14,7 @@ from model.checkpoint import CheckpointError, load_model, save_checkpoint
 from model.config import ModelConfig
 from model.data import collate, length_buckets, tokenize
 from model.tokenizer import Tokenizer
-from model.training import TrainConfig, Trainer, learning_rate
+from model.training import TrainConfig, Trainer, learning_rate, validate
 from model.transformer import Transformer
 from service.bundle import sha256_of
 
@@ -49,7 +49,7 @@ def test_training_lowers_the_loss_and_checkpoints_resume(
         TrainConfig(max_steps=40, valid_every=1000, warmup_steps=10),
         tmp_path,
     )
-    first = trainer.step(collate(examples[:32]))
+    first = validate(model, examples[:20], max_tokens=3000)["valid_loss"]
     metrics = trainer.fit(examples, examples[:20])
     assert trainer.state.step == 40
     assert metrics["valid_loss"] < first

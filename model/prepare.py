@@ -1,0 +1,191 @@
+"""Tokenize a corpus once, streaming, into memory-mapped shards that `model.train` reads.
+
+    python -m model.prepare --corpus PATH [--target-file F --target-lang L] --out DIR
+                            [--preset base] [--vocab-size 37000] [--tokenizer-sample 200000]
+    python -m model.train --corpus DIR --preset base ...   (or under torchrun)
+
+For corpora larger than memory (the paper's WMT14 English-German is 4.5 M pairs). The file is read
+twice, one line at a time: the first pass checks every line, finds duplicates by a 64-bit hash of
+(language, source), and draws a seeded sample on which the shared sentencepiece vocabulary is
+trained; the second pass tokenizes each pair into its split. The split rule is the one of
+model.corpus (a hash of the source sentence), so a source is never in two splits. Resident memory
+stays at the vocabulary sample plus 8 bytes per pair; DIR's layout is in model/shards.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.cli import add_corpus_arguments, corpus_description, run_cli
+from model.config import PRESETS, ModelConfig
+from model.corpus import CorpusError, Pair, iter_aligned, iter_tsv, split_of
+from model.shards import TOKENIZER_FILE, ShardWriter, is_prepared, write_meta, write_tsv
+from model.tokenizer import Tokenizer
+
+PairStream = Callable[[], Iterator[Pair]]
+
+
+def pair_stream(args: argparse.Namespace) -> PairStream:
+    """A function that reads the corpus file(s) from the start, one pair at a time."""
+    path = Path(args.corpus)
+    if args.corpus == "builtin" or is_prepared(path):
+        raise CorpusError(
+            f"{args.corpus}: model.prepare reads a corpus file; the built-in corpus and prepared"
+            " directories go to model.train directly"
+        )
+    if args.target_file is not None:
+        if args.target_lang is None:
+            raise CorpusError("a line-aligned corpus needs --target-lang")
+        return lambda: iter_aligned(path, args.target_file, args.target_lang)
+    return lambda: iter_tsv(path, args.target_lang)
+
+
+def pair_hash(pair: Pair) -> int:
+    digest = hashlib.blake2b(f"{pair.lang}\0{pair.source}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def first_pass(
+    stream: PairStream, sample_size: int, seed: int
+) -> tuple[np.ndarray, list[Pair], set[str]]:
+    """Check every line; return which pairs are first of their (lang, source), a reservoir
+    sample of training pairs, and the target languages of the training split."""
+    hashes = np.zeros(1 << 16, dtype=np.uint64)
+    rng = random.Random(seed)
+    sample: list[Pair] = []
+    languages: set[str] = set()
+    seen_train = 0
+    count = 0
+    for count, pair in enumerate(stream(), start=1):
+        if count > len(hashes):
+            hashes = np.resize(hashes, 2 * len(hashes))
+        hashes[count - 1] = pair_hash(pair)
+        if split_of(pair.source) != "train":
+            continue
+        languages.add(pair.lang)
+        seen_train += 1
+        if len(sample) < sample_size:
+            sample.append(pair)
+        elif (slot := rng.randrange(seen_train)) < sample_size:
+            sample[slot] = pair
+    hashes = hashes[:count]
+    _, first = np.unique(hashes, return_index=True)
+    keep = np.zeros(count, dtype=bool)
+    keep[first] = True
+    return keep, sample, languages
+
+
+def prepare(
+    stream: PairStream,
+    out: Path,
+    config: ModelConfig,
+    tokenizer_sample: int,
+    seed: int,
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the prepared directory `out`; return its metadata."""
+    started = time.perf_counter()
+    keep, sample, languages = first_pass(stream, tokenizer_sample, seed)
+    if not len(keep):
+        raise CorpusError(f"{source['name']}: the corpus is empty")
+    if not languages:
+        raise CorpusError(f"{source['name']}: no sentence pair landed in the train split")
+    texts = itertools.chain.from_iterable((p.source, p.target) for p in sample)
+    tokenizer = Tokenizer.train(texts, sorted(languages), config.vocab_size)
+    del sample
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out / TOKENIZER_FILE)
+    writer = ShardWriter(out, len(tokenizer))
+    held_out: dict[str, list[tuple[str, str, str]]] = {"valid": [], "test": []}
+    dropped = 0
+    try:
+        for pair, first in zip(stream(), keep, strict=True):
+            if not first:
+                continue
+            split = split_of(pair.source)
+            if split != "train":
+                held_out[split].append((pair.lang, pair.source, pair.target))
+                continue
+            src = tokenizer.encode_source(pair.source, pair.lang)
+            tgt = tokenizer.encode_target(pair.target)
+            if len(src) > config.max_positions or len(tgt) + 1 > config.max_positions:
+                dropped += 1
+                continue
+            writer.add(src, tgt)
+    finally:
+        writer.close()
+    for split, rows in held_out.items():
+        write_tsv(out / f"{split}.tsv", rows)
+    meta = {
+        "source": source,
+        "dtype": writer.dtype.name,
+        "vocab_size": len(tokenizer),
+        "max_positions": config.max_positions,
+        "languages": sorted(languages),
+        "pairs": len(keep),
+        "duplicates": int(len(keep) - keep.sum()),
+        "dropped_too_long": dropped,
+        "splits": {
+            "train": writer.count,
+            "valid": len(held_out["valid"]),
+            "test": len(held_out["test"]),
+        },
+        "tokenizer_sample": tokenizer_sample,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_meta(out, meta)
+    return meta
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m model.prepare", description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="the prepared directory")
+    parser.add_argument(
+        "--preset",
+        default="base",
+        choices=sorted(PRESETS),
+        help="gives the vocabulary size and the longest pair kept (max_positions)",
+    )
+    parser.add_argument("--vocab-size", type=int, help="shared vocabulary size (default: preset)")
+    parser.add_argument(
+        "--tokenizer-sample",
+        type=int,
+        default=200_000,
+        help="training pairs the vocabulary is learnt from (a seeded reservoir sample)",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_corpus_arguments(parser)
+    args = parser.parse_args(argv)
+    overrides = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
+    config = ModelConfig.from_name(args.preset, **overrides)
+    stream = pair_stream(args)
+    if args.out.exists() and any(args.out.iterdir()):
+        if not args.force:
+            raise CorpusError(f"{args.out}: exists and is not empty; pass --force to replace it")
+        shutil.rmtree(args.out)
+    meta = prepare(
+        stream, args.out, config, args.tokenizer_sample, args.seed, corpus_description(args)
+    )
+    splits = meta["splits"]
+    print(
+        f"prepared {args.out}: {splits['train']:,} train, {splits['valid']:,} valid,"
+        f" {splits['test']:,} test pairs; {meta['duplicates']:,} duplicates and"
+        f" {meta['dropped_too_long']:,} over {config.max_positions} tokens left out;"
+        f" vocabulary {meta['vocab_size']:,}; {meta['seconds']} s"
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
