@@ -9,7 +9,7 @@ twice, one line at a time: the first pass checks every line, finds duplicates by
 (language, source), and draws a seeded sample on which the shared sentencepiece vocabulary is
 trained; the second pass tokenizes each pair into its split. The split rule is the one of
 model.corpus (a hash of the source sentence), so a source is never in two splits. Resident memory
-stays at the vocabulary sample plus 8 bytes per pair; DIR's layout is in model/shards.py.
+stays at the vocabulary sample plus 9 bytes per pair; DIR's layout is in model/shards.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 from model.cli import add_corpus_arguments, corpus_description, run_cli
 from model.config import PRESETS, ModelConfig
 from model.corpus import CorpusError, Pair, iter_aligned, iter_tsv, split_of
-from model.shards import TOKENIZER_FILE, ShardWriter, is_prepared, write_meta, write_tsv
+from model.shards import TOKENIZER_FILE, ShardWriter, TsvWriter, is_prepared, write_meta
 from model.tokenizer import Tokenizer
 
 PairStream = Callable[[], Iterator[Pair]]
@@ -106,7 +106,7 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / TOKENIZER_FILE)
     writer = ShardWriter(out, len(tokenizer))
-    held_out: dict[str, list[tuple[str, str, str]]] = {"valid": [], "test": []}
+    held_out = {split: TsvWriter(out / f"{split}.tsv") for split in ("valid", "test")}
     dropped = 0
     try:
         for pair, first in zip(stream(), keep, strict=True):
@@ -114,7 +114,7 @@ def prepare(
                 continue
             split = split_of(pair.source)
             if split != "train":
-                held_out[split].append((pair.lang, pair.source, pair.target))
+                held_out[split].add(pair)
                 continue
             src = tokenizer.encode_source(pair.source, pair.lang)
             tgt = tokenizer.encode_target(pair.target)
@@ -124,8 +124,8 @@ def prepare(
             writer.add(src, tgt)
     finally:
         writer.close()
-    for split, rows in held_out.items():
-        write_tsv(out / f"{split}.tsv", rows)
+        for tsv in held_out.values():
+            tsv.close()
     meta = {
         "source": source,
         "dtype": writer.dtype.name,
@@ -137,8 +137,8 @@ def prepare(
         "dropped_too_long": dropped,
         "splits": {
             "train": writer.count,
-            "valid": len(held_out["valid"]),
-            "test": len(held_out["test"]),
+            "valid": held_out["valid"].count,
+            "test": held_out["test"].count,
         },
         "tokenizer_sample": tokenizer_sample,
         "seed": seed,

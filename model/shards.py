@@ -16,14 +16,14 @@ live in memory, and the pages of a batch's ids are read when the batch is built.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from model.corpus import CorpusError
+from model.corpus import CorpusError, Pair
 
 FORMAT_VERSION = 1
 META_FILE = "prepared.json"
@@ -170,7 +170,16 @@ def write_meta(directory: Path, meta: dict[str, Any]) -> None:
     (directory / META_FILE).write_text(text, encoding="utf-8")
 
 
-def write_tsv(path: Path, rows: Iterable[tuple[str, str, str]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for lang, source, target in rows:
-            handle.write(f"{lang}\t{source}\t{target}\n")
+class TsvWriter:
+    """A held-out split, written as `lang<TAB>source<TAB>target` lines as they come."""
+
+    def __init__(self, path: Path) -> None:
+        self.count = 0
+        self._file = path.open("w", encoding="utf-8")
+
+    def add(self, pair: Pair) -> None:
+        self._file.write(f"{pair.lang}\t{pair.source}\t{pair.target}\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self._file.close()

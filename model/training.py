@@ -184,7 +184,8 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model,
                 device_ids=[self.world.device] if cuda else None,
-                forward_sync_buffers=False,  # the buffers (position table, logits bias) are constant
+                # The buffers (position table, logits bias) are constant: no sync at each forward.
+                forward_sync_buffers=False,
             )
 
     def load_state(self, state: dict[str, object]) -> None:
