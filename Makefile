@@ -15,7 +15,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 CHECKPOINT := checkpoints/default
 BUNDLE := models/default
 
-.PHONY: serve test model bundle bundle-present lint typecheck unit bench bench-reliability sz clean \
+.PHONY: serve test model bundle bundle-present lint typecheck unit bench bench-peers bench-reliability sz clean \
 	help proto \
 	deploy-check image
 
@@ -107,6 +107,12 @@ bench: bundle-present $(DEV_STAMP) proto
 	$(PY) -m bench.decoder_step --bundle $(BUNDLE) --checkpoint $(CHECKPOINT)
 	$(PY) -m bench.engine_load --bundle $(BUNDLE) --clients $(BENCH_CLIENTS)
 	$(PY) -m bench.service_load --bundle $(BUNDLE) --clients $(BENCH_CLIENTS) --seconds $(BENCH_SECONDS)
+
+# This project's engine against CTranslate2 on the same weights (about 15 minutes; installs the
+# bench extra: ctranslate2, matplotlib). Prints the table, draws bench/results/vs_ctranslate2.png.
+bench-peers: bundle-present $(DEV_STAMP) proto
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[train,stubs,dev,bench]'
+	$(PY) -m bench.vs_ctranslate2 --checkpoint $(CHECKPOINT) --bundle $(BUNDLE)
 
 # Reliability runs on the shipped bundle (about 10 minutes): 50,000 requests of random length (RSS,
 # open files, threads), twice the measured capacity for 60 s, idle/silent/stopped connections,

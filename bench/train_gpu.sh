@@ -14,7 +14,7 @@ device=${DEVICE:-cuda}  # DEVICE=cpu tries the script where there is no GPU
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 fi
-gpus=${1:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+gpus=${1:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}
 [ "$gpus" -ge 1 ] || gpus=1
 steps=${2:-60}
 preset=${3:-base}

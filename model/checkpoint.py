@@ -215,7 +215,9 @@ def load_model(directory: Path) -> tuple[Transformer, CheckpointTokenizer]:
 def load_trainer_state(directory: Path) -> dict[str, Any]:
     path = _require(directory, TRAINER_STATE_FILE)
     try:
-        state: dict[str, Any] = torch.load(path, weights_only=True)
+        # On the CPU: a GPU run's state loads on any machine, and every rank does not land
+        # its copy on GPU 0; the optimizer moves it to its parameters' device.
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
         raise CheckpointError(f"{path}: corrupt trainer state ({error})") from error
     return state

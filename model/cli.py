@@ -59,6 +59,8 @@ def corpus_from_args(args: argparse.Namespace) -> Corpus:
 
 
 def _read_split(path: Path) -> list[Pair]:
+    if not path.is_file():
+        raise CorpusError(f"{path}: missing from the prepared corpus; prepare it again")
     return read_tsv(path) if path.stat().st_size else []
 
 
@@ -67,7 +69,13 @@ def corpus_description(args: argparse.Namespace) -> dict[str, Any]:
     if args.corpus == "builtin":
         return {"name": "builtin", "size": args.corpus_size, "seed": args.corpus_seed}
     if is_prepared(Path(args.corpus)):
-        return {"name": str(args.corpus), "prepared_from": read_meta(Path(args.corpus))["source"]}
+        meta = read_meta(Path(args.corpus))
+        # The tokenizer's digest: a directory prepared again in place is another corpus.
+        return {
+            "name": str(args.corpus),
+            "prepared_from": meta["source"],
+            "tokenizer_sha256": meta.get("tokenizer_sha256", ""),
+        }
     return {"name": str(args.corpus), "target_file": str(args.target_file or "")}
 
 

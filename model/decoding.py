@@ -104,14 +104,16 @@ def beam_decode(
         vocab = logp.shape[-1]
         total = (scores[:, :, None] + logp.view(batch, k, vocab)).view(batch, k * vocab)
         best, flat = total.topk(min(2 * k, k * vocab), dim=-1)  # (B, 2K), best first
-        origins = torch.arange(batch * k, device=device).view(batch, k)  # kept rows by default
-        next_tokens = torch.full((batch, k), ids.pad_id, dtype=torch.int64, device=device)
-        new_scores = torch.full((batch, k), -math.inf, device=device)
+        # The walk runs on host lists (one copy per step), then the choices go back at once.
+        origins = torch.arange(batch * k).view(batch, k)  # kept rows by default
+        next_tokens = torch.full((batch, k), ids.pad_id, dtype=torch.int64)
+        new_scores = torch.full((batch, k), -math.inf)
+        best_rows, flat_rows = best.tolist(), flat.tolist()
         for row in range(batch):
             if done[row]:
                 continue
             live: list[list[int]] = []
-            for score, index in zip(best[row].tolist(), flat[row].tolist(), strict=True):
+            for score, index in zip(best_rows[row], flat_rows[row], strict=True):
                 beam, token = divmod(index, vocab)
                 extended = [*hypotheses[row][beam], token]
                 if token == ids.eos_id:
@@ -127,10 +129,10 @@ def beam_decode(
             hypotheses[row] = live + [[] for _ in range(k - len(live))]
         if all(done):
             break
-        scores = new_scores
-        keep = origins.view(-1)
+        scores = new_scores.to(device)
+        keep = origins.view(-1).to(device)
         past = [(key[keep], value[keep]) for key, value in past]
-        tokens = next_tokens.view(-1, 1)
+        tokens = next_tokens.view(-1, 1).to(device)
     for row in range(batch):
         if not done[row]:
             finished[row] += [

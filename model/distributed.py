@@ -22,9 +22,10 @@ import torch.distributed as dist
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU = torch.device("cpu")
-# A collective that waits longer than this for a peer ends the run (torch's default is 30 min).
-# A validation or checkpoint on rank 0 runs while the others wait in the next collective.
-COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+# A collective that waits longer than this for a peer ends the run. Rank 0 learns the vocabulary
+# of an in-memory corpus, validates and writes checkpoints while the others wait in the next
+# collective, so it is generous (torch's default).
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 
 class DeviceError(ValueError):
@@ -98,10 +99,6 @@ class World:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
 
     def close(self) -> None:
         if self.distributed:

@@ -9,7 +9,9 @@ twice, one line at a time: the first pass checks every line, finds duplicates by
 (language, source), and draws a seeded sample on which the shared sentencepiece vocabulary is
 trained; the second pass tokenizes each pair into its split. The split rule is the one of
 model.corpus (a hash of the source sentence), so a source is never in two splits. Resident memory
-stays at the vocabulary sample plus 9 bytes per pair; DIR's layout is in model/shards.py.
+is the vocabulary sample and sentencepiece's training on it (about 1 GB for 200,000 pairs), plus
+a few tens of bytes per pair for the duplicate search. DIR is built beside --out and renamed into
+place when complete; its layout is in model/shards.py.
 """
 
 from __future__ import annotations
@@ -85,6 +87,17 @@ def first_pass(
     return keep, sample, languages
 
 
+def _same_lines(pairs: Iterator[Pair], keep: np.ndarray, name: str) -> Iterator[tuple[Pair, bool]]:
+    """The second pass with the first pass's flags; the file must not change in between."""
+    count = 0
+    for count, pair in enumerate(pairs, start=1):
+        if count > len(keep):
+            break
+        yield pair, bool(keep[count - 1])
+    if count != len(keep):
+        raise CorpusError(f"{name}: the file changed while it was being prepared; prepare again")
+
+
 def prepare(
     stream: PairStream,
     out: Path,
@@ -109,7 +122,7 @@ def prepare(
     held_out = {split: TsvWriter(out / f"{split}.tsv") for split in ("valid", "test")}
     dropped = 0
     try:
-        for pair, first in zip(stream(), keep, strict=True):
+        for pair, first in _same_lines(stream(), keep, source["name"]):
             if not first:
                 continue
             split = split_of(pair.source)
@@ -126,10 +139,16 @@ def prepare(
         writer.close()
         for tsv in held_out.values():
             tsv.close()
+    if writer.count == 0:
+        raise CorpusError(
+            f"{source['name']}: no training pair fits in {config.max_positions} tokens"
+        )
     meta = {
         "source": source,
         "dtype": writer.dtype.name,
         "vocab_size": len(tokenizer),
+        "vocab_size_requested": config.vocab_size,
+        "tokenizer_sha256": hashlib.sha256(tokenizer.model_proto).hexdigest(),
         "max_positions": config.max_positions,
         "languages": sorted(languages),
         "pairs": len(keep),
@@ -169,15 +188,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_corpus_arguments(parser)
     args = parser.parse_args(argv)
     overrides = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
-    config = ModelConfig.from_name(args.preset, **overrides)
+    try:
+        config = ModelConfig.from_name(args.preset, **overrides)
+    except ValueError as error:
+        raise CorpusError(f"--vocab-size: {error}") from None
+    if args.tokenizer_sample < 1:
+        raise CorpusError(f"--tokenizer-sample must be >= 1, got {args.tokenizer_sample}")
     stream = pair_stream(args)
-    if args.out.exists() and any(args.out.iterdir()):
-        if not args.force:
-            raise CorpusError(f"{args.out}: exists and is not empty; pass --force to replace it")
-        shutil.rmtree(args.out)
-    meta = prepare(
-        stream, args.out, config, args.tokenizer_sample, args.seed, corpus_description(args)
-    )
+    out = args.out.resolve()
+    inputs = [Path(args.corpus).resolve()]
+    if args.target_file is not None:
+        inputs.append(args.target_file.resolve())
+    if any(out == path or out in path.parents for path in inputs):
+        raise CorpusError(f"--out {args.out} holds the corpus itself; prepare it elsewhere")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise CorpusError(f"{args.out}: exists and is not empty; pass --force to replace it")
+    staging = out.with_name(f".{out.name}.preparing")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        meta = prepare(
+            stream, staging, config, args.tokenizer_sample, args.seed, corpus_description(args)
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    staging.rename(out)
     splits = meta["splits"]
     print(
         f"prepared {args.out}: {splits['train']:,} train, {splits['valid']:,} valid,"

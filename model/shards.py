@@ -83,6 +83,12 @@ class TokenizedPairs:
             arrays.append(_map(directory / f"train.{side}.bin", dtype))
             arrays.append(_map(directory / f"train.{side}.offsets", np.dtype(np.int64)))
         pairs = cls(*arrays)
+        for tokens, offsets, side in ((arrays[0], arrays[1], "src"), (arrays[2], arrays[3], "tgt")):
+            if len(offsets) == 0 or int(offsets[-1]) != len(tokens):
+                raise CorpusError(
+                    f"{directory / f'train.{side}.bin'}: {len(tokens)} ids, but its offsets end"
+                    f" at {int(offsets[-1]) if len(offsets) else 'nothing'}; prepare it again"
+                )
         expected = meta["splits"]["train"]
         if len(pairs) != expected or len(pairs.tgt_offsets) != len(pairs.src_offsets):
             raise CorpusError(
@@ -102,7 +108,10 @@ def _flatten(rows: Sequence[np.ndarray], dtype: np.dtype[Any]) -> tuple[np.ndarr
 def _map(path: Path, dtype: np.dtype[Any]) -> np.ndarray:
     if not path.is_file():
         raise CorpusError(f"{path}: missing from the prepared corpus; prepare it again")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise CorpusError(f"{path}: {size} bytes is not a whole number of {dtype} values")
+    if size == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
 
@@ -178,7 +187,8 @@ class TsvWriter:
         self._file = path.open("w", encoding="utf-8")
 
     def add(self, pair: Pair) -> None:
-        self._file.write(f"{pair.lang}\t{pair.source}\t{pair.target}\n")
+        source, target = (" ".join(text.split("\t")) for text in (pair.source, pair.target))
+        self._file.write(f"{pair.lang}\t{source}\t{target}\n")
         self.count += 1
 
     def close(self) -> None:

@@ -81,6 +81,10 @@ class Tokenizer:
     def __len__(self) -> int:
         return len(self._sp)
 
+    def pieces(self) -> list[str]:
+        """The piece of every id, in id order."""
+        return [self._sp.id_to_piece(i) for i in range(len(self._sp))]
+
     def lang_id(self, lang: str) -> int:
         if lang not in self.languages:
             raise UnknownLanguageError(

@@ -52,7 +52,7 @@ from model.cli import (
 )
 from model.config import PRESETS, ModelConfig
 from model.corpus import Corpus, CorpusError
-from model.data import tokenize
+from model.data import Example, tokenize
 from model.distributed import DEVICES, DeviceError, RankLostError, World, join
 from model.evaluate import evaluate, format_metrics
 from model.shards import TOKENIZER_FILE, TokenizedPairs, is_prepared, read_meta
@@ -67,7 +67,10 @@ from model.training import (
 from model.transformer import Transformer
 
 # How gloo and NCCL report a rank that went away, as the others see it in their next collective.
-PEER_FAILURE = re.compile(r"closed by peer|connection reset|broken pipe|nccl|gloo", re.IGNORECASE)
+PEER_FAILURE = re.compile(
+    r"closed by peer|connection reset|broken pipe|communicator was aborted|remote process exited",
+    re.IGNORECASE,
+)
 VALID_SAMPLE = 400  # validation sentences decoded at every validation
 
 
@@ -140,17 +143,16 @@ def resume(
     return model, tokenizer, load_trainer_state(out)
 
 
-def training_data(
-    args: argparse.Namespace, corpus: Corpus, world: World
-) -> tuple[TokenizedPairs | None, Tokenizer | None]:
+def training_data(args: argparse.Namespace) -> tuple[TokenizedPairs | None, Tokenizer | None]:
     """A prepared corpus's memory-mapped pairs and tokenizer; (None, None) for one in memory."""
     path = Path(args.corpus)
     if not is_prepared(path):
         return None, None
     meta = read_meta(path)
-    if args.vocab_size is not None and args.vocab_size != meta["vocab_size"]:
+    requested = meta.get("vocab_size_requested", meta["vocab_size"])
+    if args.vocab_size is not None and args.vocab_size not in (requested, meta["vocab_size"]):
         raise TrainConfigError(
-            f"{path}: prepared with a vocabulary of {meta['vocab_size']}, not --vocab-size"
+            f"{path}: prepared with a vocabulary of {requested}, not --vocab-size"
             f" {args.vocab_size}; prepare it again to change it"
         )
     if meta["max_positions"] > PRESETS[args.preset].max_positions:
@@ -159,6 +161,17 @@ def training_data(
             f" preset {args.preset!r} allows ({PRESETS[args.preset].max_positions})"
         )
     return TokenizedPairs.open(path), Tokenizer.load(path / TOKENIZER_FILE)
+
+
+def validation_examples(
+    corpus: Corpus, prepared: TokenizedPairs | None, tokenizer: Tokenizer, max_len: int
+) -> list[Example]:
+    """The valid split's first sentences, or the train split's when it is empty."""
+    if corpus.valid:
+        return tokenize(corpus.valid[:VALID_SAMPLE], tokenizer, max_len)
+    if prepared is not None:
+        return [Example(*prepared.pair(i)) for i in range(min(VALID_SAMPLE, len(prepared)))]
+    return tokenize(corpus.train[:VALID_SAMPLE], tokenizer, max_len)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainConfig]:
@@ -193,11 +206,40 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
         )
     add_corpus_arguments(parser)
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise TrainConfigError(f"--threads must be >= 1, got {args.threads}")
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = dataclasses.replace(
         TRAIN_PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None}
     )
     return args, config
+
+
+def start_or_resume(
+    args: argparse.Namespace,
+    train_config: TrainConfig,
+    world: World,
+    corpus: Corpus,
+    prepared_tokenizer: Tokenizer | None,
+    description: dict[str, Any],
+) -> tuple[Transformer, Tokenizer, dict[str, Any] | None]:
+    """A fresh model (and vocabulary), or the checkpoint in --out with its trainer state."""
+    torch.manual_seed(train_config.seed)  # the same initial weights on every rank
+    wanted = model_config(args, args.vocab_size or PRESETS[args.preset].vocab_size)
+    state = None
+    # Rank 0 decides, so that all ranks resume or none does; --out is on storage all ranks see.
+    if world.broadcast(args.resume and (args.out / TRAINER_STATE_FILE).is_file()):
+        if not (args.out / TRAINER_STATE_FILE).is_file():
+            raise CheckpointError(
+                f"rank {world.rank}: {args.out / TRAINER_STATE_FILE} is missing here but rank 0"
+                " has it; --out must be on storage that every rank sees"
+            )
+        model, tokenizer, state = resume(args.out, wanted, args.preset)
+        check_resumable(args.out, state, train_config, description)
+    else:
+        tokenizer = prepared_tokenizer or train_tokenizer(corpus, wanted.vocab_size, world)
+        model = Transformer(dataclasses.replace(wanted, vocab_size=len(tokenizer)))
+    return model, tokenizer, state
 
 
 def run(args: argparse.Namespace, train_config: TrainConfig, world: World) -> None:
@@ -206,22 +248,18 @@ def run(args: argparse.Namespace, train_config: TrainConfig, world: World) -> No
     torch.set_num_threads(args.threads or (2 if world.world_size == 1 else max(1, shared_cores)))
     corpus = corpus_from_args(args)
     description = corpus_description(args)
-    prepared, prepared_tokenizer = training_data(args, corpus, world)
+    prepared, prepared_tokenizer = training_data(args)
     n_train = len(prepared) if prepared is not None else len(corpus.train)
+    if n_train == 0:
+        raise CorpusError(f"{args.corpus}: no training pair (the train split is empty)")
     languages = prepared_tokenizer.languages if prepared_tokenizer else corpus.languages
     say(
         f"corpus: {n_train} train, {len(corpus.valid)} valid, {len(corpus.test)} test pairs;"
         f" languages {', '.join(languages)}"
     )
-    torch.manual_seed(train_config.seed)  # the same initial weights on every rank
-    wanted = model_config(args, args.vocab_size or PRESETS[args.preset].vocab_size)
-    state = None
-    if args.resume and (args.out / TRAINER_STATE_FILE).is_file():
-        model, tokenizer, state = resume(args.out, wanted, args.preset)
-        check_resumable(args.out, state, train_config, description)
-    else:
-        tokenizer = prepared_tokenizer or train_tokenizer(corpus, wanted.vocab_size, world)
-        model = Transformer(dataclasses.replace(wanted, vocab_size=len(tokenizer)))
+    model, tokenizer, state = start_or_resume(
+        args, train_config, world, corpus, prepared_tokenizer, description
+    )
     if world.rank > 0:
         torch.manual_seed(train_config.seed + world.rank)  # dropout differs between ranks
     n_params = sum(p.numel() for p in model.parameters())
@@ -237,8 +275,7 @@ def run(args: argparse.Namespace, train_config: TrainConfig, world: World) -> No
 
     max_len = model.config.max_positions
     train = prepared if prepared is not None else tokenize(corpus.train, tokenizer, max_len)
-    valid_pairs = corpus.valid[:VALID_SAMPLE] or corpus.train[:VALID_SAMPLE]
-    valid = tokenize(valid_pairs, tokenizer, max_len)
+    valid = validation_examples(corpus, prepared, tokenizer, max_len)
     trainer = Trainer(model, tokenizer, train_config, args.out, world, description)
     if state is not None:
         trainer.load_state(state)
@@ -274,10 +311,13 @@ def _resume_hint(trainer: Trainer, out: Path) -> str:
 
 def stop_on_sigterm(trainer: Trainer, out: Path) -> None:
     """On SIGTERM (torchrun stops every rank when one fails; Kubernetes stops a pod), say where
-    the run stands and exit at once. Checkpoints are written by rename, so none is left half
-    written."""
+    the run stands and exit: at once, or after the checkpoint being written, so that its files
+    (weights, optimizer, data position) are all of one step."""
 
     def stop(signum: int, _frame: object) -> None:
+        if trainer.saving:  # rank 0 is writing a checkpoint: stop right after it
+            trainer.after_save = lambda: stop(signum, None)
+            return
         print(
             f"\nrank {trainer.world.rank}: stopped by signal {signal.Signals(signum).name} at step"
             f" {trainer.state.step}; {_resume_hint(trainer, out)}",

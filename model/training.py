@@ -7,10 +7,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointError, save_checkpoint, save_step_weights
+from model.checkpoint import STEPS_DIR, CheckpointError, save_checkpoint, save_step_weights
 from model.data import (
     BatchStream,
     DataPosition,
@@ -71,10 +73,19 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 flag = f"--{name.replace('_', '-')}"
                 raise TrainConfigError(f"{flag} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "keep_checkpoints", "max_minutes"):
+            if getattr(self, name) < 0:
+                flag = f"--{name.replace('_', '-')}"
+                raise TrainConfigError(f"{flag} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise TrainConfigError(
+                f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
 
 
-# What a resumed run may change: how long it runs and how it reports. Everything else decides
-# which batches come and what a step computes, so a resume that changes it is refused.
+# What a resumed run may change: how long it runs, how it reports and saves, and the autocast
+# precision (a hardware choice: a run started on fp32 may go on in bf16). The rest decides which
+# batches come and what a step computes, so a resume that changes it is refused.
 RESUMABLE_CHANGES = frozenset(
     {"max_steps", "max_minutes", "valid_every", "save_every", "keep_checkpoints", "precision"}
 )
@@ -85,9 +96,10 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(max_steps=300, warmup_steps=30, lr_factor=2.0, max_tokens=3000),
     # The default model: about 25 minutes on 2 CPU cores for the built-in corpus.
     "small": TrainConfig(),
-    # The paper's base and big models: 100k and 300k steps of 25k-token batches (section 5.2).
-    "base": TrainConfig(max_steps=100_000, max_tokens=25_000, lr_factor=1.0, warmup_steps=4000),
-    "big": TrainConfig(max_steps=300_000, max_tokens=25_000, lr_factor=1.0, warmup_steps=4000),
+    # The paper's base and big models: 100k and 300k steps of batches of about 25k source and
+    # 25k target tokens (section 5.1), so 50k padded tokens in all.
+    "base": TrainConfig(max_steps=100_000, max_tokens=50_000, lr_factor=1.0, warmup_steps=4000),
+    "big": TrainConfig(max_steps=300_000, max_tokens=50_000, lr_factor=1.0, warmup_steps=4000),
 }
 
 
@@ -170,6 +182,8 @@ class Trainer:
         self.corpus = corpus or {}  # recorded, so that a resume can check it reads the same data
         self.state = TrainerState()
         self.saved_step: int | None = None  # the step of the checkpoint on disk
+        self.saving = False  # a signal that stops the run waits for the checkpoint being written
+        self.after_save: Callable[[], None] | None = None
         self.position: DataPosition | None = None
         for bias in model.key_biases():
             bias.requires_grad_(False)
@@ -208,9 +222,17 @@ class Trainer:
     def save(self, stream: BatchStream | None = None) -> None:
         """Every rank calls this (the random states are gathered); rank 0 writes."""
         rng = self.world.gather(rng_state(self.world.device))
+        if self.world.is_main:
+            self.saving = True
+            try:
+                self._write(stream, rng)
+            finally:
+                self.saving = False
         self.saved_step = self.state.step
-        if not self.world.is_main:
-            return
+        if self.after_save is not None:
+            self.after_save()
+
+    def _write(self, stream: BatchStream | None, rng: list[Any]) -> None:
         trainer_state = {
             "optimizer": self.optimizer.state_dict(),
             "trainer": dataclasses.asdict(self.state),
@@ -278,23 +300,30 @@ class Trainer:
         budget = config.max_minutes * 60 if config.max_minutes > 0 else math.inf
         self.model.train()
         metrics: dict[str, float] = {}
+        validated = -1
+        if self.state.step == 0 and world.is_main:  # a fresh run: no kept weights of another
+            shutil.rmtree(self.out_dir / STEPS_DIR, ignore_errors=True)
         progress = Progress(self.state, config.max_steps, self.out_dir, world.is_main)
-        while self.state.step < config.max_steps and not self._out_of_time(budget):
-            started = time.perf_counter()
-            epoch, batch = next(stream)
-            loss = self.step(stream, batch)
-            self.state.train_seconds += time.perf_counter() - started
-            progress.update(epoch, loss, stream.n_tokens(batch))
-            if self.state.step % config.valid_every == 0 and world.is_main:
-                metrics = validate(self.model, valid, config.max_tokens, world.device)
-                progress.write(self._report(metrics))
-            if self.state.step % save_every == 0:
-                self.save(stream)
-        progress.close()
+        try:  # the bar ends its line even when a step fails
+            while self.state.step < config.max_steps and not self._out_of_time(budget):
+                started = time.perf_counter()
+                epoch, batch = next(stream)
+                loss = self.step(stream, batch)
+                self.state.train_seconds += time.perf_counter() - started
+                progress.update(epoch, loss, stream.n_tokens(batch))
+                if self.state.step % config.valid_every == 0 and world.is_main:
+                    metrics = validate(self.model, valid, config.max_tokens, world.device)
+                    progress.write(self._report(metrics))
+                    validated = self.state.step
+                if self.state.step % save_every == 0:
+                    self.save(stream)
+        finally:
+            progress.close()
         if self.state.step < config.max_steps and world.is_main:
             print(f"stopped by the --max-minutes guard at step {self.state.step}")
-        self.save(stream)
-        if world.is_main:
+        if self.saved_step != self.state.step:  # the same on every rank
+            self.save(stream)
+        if world.is_main and validated != self.state.step:
             metrics = validate(self.model, valid, config.max_tokens, world.device)
             print(self._report(metrics))
         return metrics
@@ -328,7 +357,14 @@ class Progress:
         self._log = None
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
-            self._log = (out_dir / TRAIN_LOG_FILE).open("a", encoding="utf-8")
+            path = out_dir / TRAIN_LOG_FILE
+            # Keep the steps of the checkpoint resumed from: a crashed run's later lines go.
+            kept = []
+            if path.is_file() and state.step > 0:
+                lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+                kept = [line for line in lines if json.loads(line)["step"] <= state.step]
+            path.write_text("".join(kept), encoding="utf-8")
+            self._log = path.open("a", encoding="utf-8")
         self._tokens, self._since, self._smoothed = 0, time.perf_counter(), math.nan
 
     def update(self, epoch: int, loss: float, tokens: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,4 +117,28 @@ def test_a_malformed_line_is_named_with_its_file_and_number(
     assert result.returncode == 2
     assert message in result.stderr
     assert str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_prepare_never_replaces_its_own_input(corpus_file: Path) -> None:
+    result = run(
+        "model.prepare", "--corpus", str(corpus_file), "--preset", "tiny",
+        "--out", str(corpus_file.parent), "--force",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "holds the corpus itself" in result.stderr
+    assert corpus_file.is_file()
+
+
+def test_a_damaged_shard_is_refused_in_one_line(prepared: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(prepared, damaged)
+    tokens = damaged / "train.tgt.bin"
+    tokens.write_bytes(tokens.read_bytes()[:-2])  # one uint16 id short
+    result = run(
+        "model.train", "--preset", "tiny", "--corpus", str(damaged), "--out",
+        str(tmp_path / "ckpt"), "--max-steps", "1",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "train.tgt.bin" in result.stderr and "prepare it again" in result.stderr
     assert "Traceback" not in result.stderr
