@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -108,7 +109,7 @@ def main() -> None:
     rows = []
     for stage, command in stages.items():
         if stage == "train":
-            subprocess.run(["rm", "-rf", str(checkpoint)], check=True)
+            shutil.rmtree(checkpoint, ignore_errors=True)
         seconds, peak_mb, tail = measured(command)
         rows.append({"stage": stage, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb)})
         print(tail)

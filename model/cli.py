@@ -10,7 +10,7 @@ from typing import Any
 
 from model.builtin_corpus import DEFAULT_SEED, DEFAULT_SIZE, builtin_corpus, check_set
 from model.checkpoint import CheckpointError
-from model.corpus import Corpus, CorpusError, Pair, read_aligned, read_tsv, split_corpus
+from model.corpus import Corpus, CorpusError, Pair, read_pairs, read_tsv, split_corpus
 from model.shards import is_prepared, read_meta
 from model.tokenizer import UnknownLanguageError
 
@@ -46,13 +46,7 @@ def corpus_from_args(args: argparse.Namespace) -> Corpus:
         read_meta(path)
         valid, test = (_read_split(path / f"{split}.tsv") for split in ("valid", "test"))
         return Corpus(train=[], valid=valid, test=test)
-    if args.target_file is not None:
-        if args.target_lang is None:
-            raise CorpusError("a line-aligned corpus needs --target-lang")
-        pairs = read_aligned(path, args.target_file, args.target_lang)
-    else:
-        pairs = read_tsv(path, args.target_lang)
-    corpus = split_corpus(pairs)
+    corpus = split_corpus(read_pairs(path, args.target_file, args.target_lang))
     if not corpus.train:
         raise CorpusError(f"{path}: no sentence pair landed in the train split")
     return corpus

@@ -170,6 +170,20 @@ def _nonempty(pairs: Iterable[Pair], path: Path) -> list[Pair]:
     return found
 
 
+def iter_pairs(path: Path, target_file: Path | None, target_lang: str | None) -> Iterator[Pair]:
+    """Stream a TSV corpus, or two line-aligned files when `target_file` is given."""
+    if target_file is None:
+        return iter_tsv(path, target_lang)
+    if target_lang is None:
+        raise CorpusError("a line-aligned corpus needs --target-lang")
+    return iter_aligned(path, target_file, target_lang)
+
+
+def read_pairs(path: Path, target_file: Path | None, target_lang: str | None) -> list[Pair]:
+    """All pairs of a corpus file (see `iter_pairs`)."""
+    return _nonempty(iter_pairs(path, target_file, target_lang), path)
+
+
 def read_tsv(path: Path, target_lang: str | None = None) -> list[Pair]:
     """All pairs of a TSV corpus (see `iter_tsv`)."""
     return _nonempty(iter_tsv(path, target_lang), path)

@@ -32,7 +32,7 @@ from model.cli import (
     corpus_from_args,
     run_cli,
 )
-from model.corpus import CorpusError, Pair, read_aligned, read_tsv
+from model.corpus import CorpusError, Pair, read_pairs
 from model.data import pad
 from model.decoding import beam_decode, greedy_decode
 from model.distributed import DEVICES, DeviceError, resolve_device
@@ -194,12 +194,7 @@ def test_pairs(args: argparse.Namespace) -> tuple[list[Pair], list[Pair], dict[s
         corpus = corpus_from_args(args)
         return corpus.test, check_pairs_of(args, corpus), corpus_description(args), METRICS_FILE
     path = Path(args.test_file)
-    if args.test_target_file is not None:
-        if args.target_lang is None:
-            raise CorpusError("a line-aligned test file needs --target-lang")
-        pairs = read_aligned(path, args.test_target_file, args.target_lang)
-    else:
-        pairs = read_tsv(path, args.target_lang)
+    pairs = read_pairs(path, args.test_target_file, args.target_lang)
     return pairs, [], {"name": str(path)}, f"metrics-{path.stem}.json"
 
 

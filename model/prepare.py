@@ -30,7 +30,7 @@ import numpy as np
 
 from model.cli import add_corpus_arguments, corpus_description, run_cli
 from model.config import PRESETS, ModelConfig
-from model.corpus import CorpusError, Pair, iter_aligned, iter_tsv, split_of
+from model.corpus import CorpusError, Pair, iter_pairs, split_of
 from model.shards import TOKENIZER_FILE, ShardWriter, TsvWriter, is_prepared, write_meta
 from model.tokenizer import Tokenizer
 
@@ -45,11 +45,8 @@ def pair_stream(args: argparse.Namespace) -> PairStream:
             f"{args.corpus}: model.prepare reads a corpus file; the built-in corpus and prepared"
             " directories go to model.train directly"
         )
-    if args.target_file is not None:
-        if args.target_lang is None:
-            raise CorpusError("a line-aligned corpus needs --target-lang")
-        return lambda: iter_aligned(path, args.target_file, args.target_lang)
-    return lambda: iter_tsv(path, args.target_lang)
+    iter_pairs(path, args.target_file, args.target_lang)  # the options are checked now
+    return lambda: iter_pairs(path, args.target_file, args.target_lang)
 
 
 def pair_hash(pair: Pair) -> int:

@@ -307,10 +307,11 @@ class Trainer:
         try:  # the bar ends its line even when a step fails
             while self.state.step < config.max_steps and not self._out_of_time(budget):
                 started = time.perf_counter()
+                tokens_before = self.state.tokens
                 epoch, batch = next(stream)
                 loss = self.step(stream, batch)
                 self.state.train_seconds += time.perf_counter() - started
-                progress.update(epoch, loss, stream.n_tokens(batch))
+                progress.update(epoch, loss, self.state.tokens - tokens_before)
                 if self.state.step % config.valid_every == 0 and world.is_main:
                     metrics = validate(self.model, valid, config.max_tokens, world.device)
                     progress.write(self._report(metrics))

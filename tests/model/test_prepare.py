@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +12,7 @@ from model.corpus import Corpus, read_tsv, split_of
 from model.data import BatchStream
 from model.shards import TokenizedPairs, read_meta
 from model.tokenizer import Tokenizer
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+from tests.model.commands import run_module
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +27,7 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Corpus) -
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "data"
-    result = run(
+    result = run_module(
         "model.prepare", "--corpus", str(corpus_file), "--preset", "tiny", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
@@ -88,7 +74,7 @@ def test_the_batch_plan_is_the_in_memory_one(prepared: Path) -> None:
 
 def test_training_reads_a_prepared_corpus(prepared: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
-    result = run(
+    result = run_module(
         "model.train", "--preset", "tiny", "--corpus", str(prepared), "--out", str(out),
         "--max-steps", "5",
     )  # fmt: skip
@@ -111,7 +97,7 @@ def test_a_malformed_line_is_named_with_its_file_and_number(
 ) -> None:
     path = tmp_path / "bad.tsv"
     path.write_text(content)
-    result = run(
+    result = run_module(
         "model.prepare", "--corpus", str(path), "--preset", "tiny", "--out", str(tmp_path / "o")
     )
     assert result.returncode == 2
@@ -121,7 +107,7 @@ def test_a_malformed_line_is_named_with_its_file_and_number(
 
 
 def test_prepare_never_replaces_its_own_input(corpus_file: Path) -> None:
-    result = run(
+    result = run_module(
         "model.prepare", "--corpus", str(corpus_file), "--preset", "tiny",
         "--out", str(corpus_file.parent), "--force",
     )  # fmt: skip
@@ -135,7 +121,7 @@ def test_a_damaged_shard_is_refused_in_one_line(prepared: Path, tmp_path: Path) 
     shutil.copytree(prepared, damaged)
     tokens = damaged / "train.tgt.bin"
     tokens.write_bytes(tokens.read_bytes()[:-2])  # one uint16 id short
-    result = run(
+    result = run_module(
         "model.train", "--preset", "tiny", "--corpus", str(damaged), "--out",
         str(tmp_path / "ckpt"), "--max-steps", "1",
     )  # fmt: skip

@@ -4,8 +4,6 @@ penalty, and BLEU with sacrebleu's signature on a test file the user gives."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,26 +16,14 @@ from model.corpus import Corpus
 from model.data import pad
 from model.decoding import beam_decode, greedy_decode
 from service.bundle import load_bundle
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+from tests.model.commands import run_module
 
 
 @pytest.fixture(scope="module")
 def kept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run that keeps the weights of its last 3 saves (steps 8, 10, 12)."""
     out = tmp_path_factory.mktemp("recipe") / "ckpt"
-    result = run(
+    result = run_module(
         "model.train", "--preset", "tiny", "--corpus", "builtin", "--corpus-size", "1500",
         "--out", str(out), "--max-steps", "12", "--save-every", "2", "--keep-checkpoints", "3",
         "--no-evaluate",
@@ -59,7 +45,9 @@ def test_training_keeps_the_last_saves(kept: Path) -> None:
 
 def test_average_is_the_mean_of_the_last_checkpoints(kept: Path, tmp_path: Path) -> None:
     out = tmp_path / "avg"
-    result = run("model.average", "--checkpoint", str(kept), "--last", "2", "--out", str(out))
+    result = run_module(
+        "model.average", "--checkpoint", str(kept), "--last", "2", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     assert "step-0000010, step-0000012" in result.stdout
     a, b = (load_file(str(p)) for p in step_weights(kept)[-2:])
@@ -72,12 +60,12 @@ def test_average_is_the_mean_of_the_last_checkpoints(kept: Path, tmp_path: Path)
 
 
 def test_average_errors_are_one_line(kept: Path, tmp_path: Path) -> None:
-    too_many = run(
+    too_many = run_module(
         "model.average", "--checkpoint", str(kept), "--last", "9", "--out", str(tmp_path / "x")
     )
     assert too_many.returncode == 2
     assert "3 kept checkpoint(s), fewer than --last 9" in too_many.stderr
-    same = run("model.average", "--checkpoint", str(kept), "--out", str(kept))
+    same = run_module("model.average", "--checkpoint", str(kept), "--out", str(kept))
     assert same.returncode == 2
     assert "write the average elsewhere" in same.stderr
 
@@ -109,7 +97,7 @@ def test_bleu_on_a_user_test_file_with_sacrebleus_signature(
     test_file = tmp_path / "newstest.tsv"
     pairs = tiny_corpus.test[:40]
     test_file.write_text("".join(f"{p.lang}\t{p.source}\t{p.target}\n" for p in pairs))
-    result = run(
+    result = run_module(
         "model.evaluate", "--checkpoint", str(checkpoint), "--test-file", str(test_file),
         "--beam-size", "4", "--length-penalty", "0.6",
     )  # fmt: skip
@@ -119,7 +107,7 @@ def test_bleu_on_a_user_test_file_with_sacrebleus_signature(
         "BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2." in result.stdout
     )
     assert (checkpoint / "metrics-newstest.json").is_file()
-    missing = run(
+    missing = run_module(
         "model.evaluate", "--checkpoint", str(checkpoint), "--test-file",
         str(tmp_path / "nope.tsv"),
     )  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,7 @@ from model.tokenizer import Tokenizer
 from model.training import TrainConfig, Trainer, learning_rate, validate
 from model.transformer import Transformer
 from service.bundle import sha256_of
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.model.commands import run_module
 
 
 def test_schedule_warms_up_then_decays_as_inverse_square_root() -> None:
@@ -78,14 +76,7 @@ def test_checkpoint_errors(
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "model.train", "--preset", "tiny", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_module("model.train", "--preset", "tiny", *args)
 
 
 @pytest.fixture
@@ -139,25 +130,10 @@ def test_cli_resume_from_corrupt_or_mismatched_checkpoint(small_tsv: Path, tmp_p
     assert (
         run_train("--corpus", str(small_tsv), "--out", str(out), "--max-steps", "2").returncode == 0
     )
-    mismatch = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "model.train",
-            "--preset",
-            "small",
-            "--corpus",
-            str(small_tsv),
-            "--out",
-            str(out),
-            "--resume",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    mismatch = run_module(
+        "model.train", "--preset", "small", "--corpus", str(small_tsv), "--out", str(out),
+        "--resume",
+    )  # fmt: skip
     assert mismatch.returncode == 2
     assert "does not match preset 'small'" in mismatch.stderr
     (out / "trainer_state.pt").write_bytes(b"not a torch file")
