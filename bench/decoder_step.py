@@ -3,8 +3,8 @@
     python -m bench.decoder_step --bundle models/default --checkpoint checkpoints/default
 
 For batch 1, 8 and 32 and output positions 8 and 64, times one decoder step of
-  * ort-cached:  decoder.onnx with the self-attention cache (P = position past slots, T = 1),
-  * ort-full:    the same graph, no cache: the whole prefix recomputed (P = 0, T = position+1),
+  * ort-step:     decoder.onnx as the service runs it (`OrtSessions.decode`: IOBinding, the
+                  self-attention cache written in place, M = 128 slots of capacity),
   * torch-cached: PyTorch eager `decode_step` with the cache,
 and prints the median step time and the tokens per second it implies (batch / step).
 Writes bench/results/decoder_step.json. Timings, not pass/fail.
@@ -24,14 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.reference_decoder import Encoded, ReferenceDecoder
 from model.checkpoint import load_model
 from model.transformer import Transformer
 from service.bundle import load_bundle
+from service.runner import pad_right
+from service.sessions import OrtSessions
 
 BATCHES = (1, 8, 32)
 POSITIONS = (8, 64)
 SRC_LEN = 16
+CAPACITY = 128
 
 
 def median_ms(run: Callable[[], object], repeats: int) -> float:
@@ -44,25 +46,17 @@ def median_ms(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def ort_feed(
-    reference: ReferenceDecoder, encoded: Encoded, batch: int, past: int, new: int
-) -> dict[str, Any]:
+def ort_step(sessions: OrtSessions, pad_id: int, batch: int, position: int) -> Callable[[], object]:
+    """One step of `batch` rows at `position`, on the service's own session path."""
     rng = np.random.default_rng(0)
-    heads, head_dim = reference.kv_shape
-    feed: dict[str, Any] = {
-        "input_ids": rng.integers(4, 100, (batch, new), dtype=np.int64),
-        "position_ids": np.broadcast_to(np.arange(past, past + new), (batch, new)).astype(np.int64),
-        "decoder_attention_mask": np.ones((batch, past + new), dtype=np.int64),
-        "encoder_attention_mask": encoded.src_mask,
-    }
-    for i in range(reference.n_layers):
-        for kv in ("key", "value"):
-            shape = (batch, heads, past, head_dim)
-            feed[f"past_key_values.{i}.decoder.{kv}"] = rng.standard_normal(shape).astype(
-                reference.float_dtype
-            )
-            feed[f"past_key_values.{i}.encoder.{kv}"] = encoded.cross[2 * i + (kv == "value")]
-    return feed
+    src_ids, src_mask = pad_right([[4 + (i % 50)] * SRC_LEN for i in range(batch)], pad_id)
+    cross = sessions.encode(src_ids, src_mask)
+    cache = sessions.new_cache(cross, batch, CAPACITY)
+    tokens = rng.integers(4, 100, batch, dtype=np.int64)
+    lengths = np.full(batch, position, dtype=np.int64)
+    return functools.partial(
+        sessions.decode, tokens, lengths, src_mask=src_mask, cache=cache, cross=cross
+    )
 
 
 @torch.no_grad()
@@ -84,16 +78,14 @@ def torch_step(model: Transformer, batch: int, past: int) -> Callable[[], object
     return run
 
 
-def measure(reference: ReferenceDecoder, model: Transformer, repeats: int) -> list[dict[str, Any]]:
+def measure(
+    sessions: OrtSessions, pad_id: int, model: Transformer, repeats: int
+) -> list[dict[str, Any]]:
     rows = []
     for batch in BATCHES:
-        encoded = reference.encode([[4 + (i % 50)] * SRC_LEN for i in range(batch)])
         for position in POSITIONS:
-            cached = ort_feed(reference, encoded, batch, position, 1)
-            full = ort_feed(reference, encoded, batch, 0, position + 1)
             runs: dict[str, Callable[[], object]] = {
-                "ort-cached": functools.partial(reference.decoder.run, None, cached),
-                "ort-full": functools.partial(reference.decoder.run, None, full),
+                "ort-step": ort_step(sessions, pad_id, batch, position),
                 "torch-cached": torch_step(model, batch, position),
             }
             for name, run in runs.items():
@@ -129,9 +121,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/decoder_step.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    reference = ReferenceDecoder(load_bundle(args.bundle), threads=args.threads)
+    bundle = load_bundle(args.bundle)
+    sessions = OrtSessions(bundle, "cpu", args.threads)
     model, _ = load_model(args.checkpoint)
-    rows = measure(reference, model, args.repeats)
+    rows = measure(sessions, bundle.manifest.special_tokens["pad"], model, args.repeats)
     print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2) + "\n")

@@ -167,6 +167,17 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _current_bundle(path: Path) -> bool:
+    """A bundle at `path` that this code reads (an older format is exported again)."""
+    from service.bundle import BundleError, load_bundle
+
+    try:
+        load_bundle(path, verify_graphs=False)
+    except BundleError:
+        return False
+    return True
+
+
 def prepare(checkpoint: Path, work: Path) -> None:
     """CTranslate2 models (fp32, int8), their vocabulary, and this project's int8 bundle."""
     from bench.ctranslate2_model import convert
@@ -180,7 +191,7 @@ def prepare(checkpoint: Path, work: Path) -> None:
     for precision, quantization in (("fp32", None), ("int8", "int8")):
         if not (work / f"ct2-{precision}" / "model.bin").is_file():
             convert(checkpoint, work / f"ct2-{precision}", quantization)
-    if not (work / "bundle-int8" / "manifest.json").is_file():
+    if not _current_bundle(work / "bundle-int8"):
         subprocess.run(
             [sys.executable, "-m", "export", "--checkpoint", str(checkpoint), "--out",
              str(work / "bundle-int8"), "--precision", "int8"],

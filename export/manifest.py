@@ -28,6 +28,7 @@ NATIVE_DECODING: dict[str, Any] = {
 }
 
 _DTYPES = {
+    onnx.TensorProto.INT32: "int32",
     onnx.TensorProto.INT64: "int64",
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",

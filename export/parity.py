@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.reference_decoder import KVList, ReferenceDecoder
+from export.reference_decoder import Encoded, KVList, ReferenceDecoder
 from model.data import pad
 from model.decoding import greedy_decode
 from model.transformer import Transformer
@@ -20,14 +20,15 @@ from model.transformer import Transformer
 TOLERANCE = 1e-4
 BATCH_TOLERANCE = 1e-5  # a row alone vs the same row inside a batch, both on ORT
 
-# (batch, src_len, past_len, tgt_len): batch 1 and > 1, empty past, T > 1, long past.
+# (batch, src_len, longest past, cache capacity): batch 1 and > 1, empty past, a full cache, long
+# past; row r of a batch has r slots fewer of past than row 0 (at least 0).
 DECODER_SHAPES = [
     (1, 4, 0, 1),
     (2, 9, 0, 3),
-    (3, 5, 1, 1),
-    (4, 12, 17, 1),
-    (2, 6, 5, 4),
-    (5, 30, 63, 1),
+    (3, 5, 1, 2),
+    (4, 12, 17, 24),
+    (2, 6, 5, 6),
+    (5, 30, 63, 64),
 ]
 ENCODER_SHAPES = [(1, 1), (1, 5), (4, 13), (8, 40)]
 
@@ -44,18 +45,15 @@ def _diff(ours: np.ndarray, theirs: torch.Tensor) -> float:
 
 
 def _random_batch(
-    model: Transformer, batch: int, src_len: int, past_len: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sources (B, S) right-padded (row r loses r tokens) and a self mask (B, P) whose row r
-    has its first r slots masked, as a row that joined r steps late."""
+    model: Transformer, batch: int, src_len: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sources (B, S) right-padded, row r losing r tokens, and their mask."""
     g = torch.Generator().manual_seed(seed)
     src_mask = torch.ones(batch, src_len, dtype=torch.int64)
-    past_mask = torch.ones(batch, past_len, dtype=torch.int64)
     for row in range(1, batch):
         src_mask[row, max(1, src_len - row) :] = 0
-        past_mask[row, : min(row, past_len)] = 0
     src_ids = torch.randint(4, model.config.vocab_size, (batch, src_len), generator=g) * src_mask
-    return src_ids, src_mask, past_mask
+    return src_ids, src_mask
 
 
 @torch.no_grad()
@@ -63,7 +61,7 @@ def encoder_diff(model: Transformer, reference: ReferenceDecoder) -> float:
     """Cross K/V on real source slots (padded slots are never attended to)."""
     worst = 0.0
     for seed, (batch, src_len) in enumerate(ENCODER_SHAPES):
-        src_ids, src_mask, _ = _random_batch(model, batch, src_len, 0, seed)
+        src_ids, src_mask = _random_batch(model, batch, src_len, seed)
         rows = [ids[: int(m.sum())].tolist() for ids, m in zip(src_ids, src_mask, strict=True)]
         ours = reference.encode(rows).cross
         theirs = [t for kv in model.cross_kv(model.encode(src_ids, src_mask)) for t in kv]
@@ -75,40 +73,42 @@ def encoder_diff(model: Transformer, reference: ReferenceDecoder) -> float:
 
 @torch.no_grad()
 def decoder_diff(model: Transformer, reference: ReferenceDecoder) -> float:
-    """Logits and present K/V for every shape of DECODER_SHAPES."""
+    """Logits and written cache slots for every shape of DECODER_SHAPES: the rows of a batch, of
+    different past lengths in one fixed-capacity cache, against PyTorch's `decode_step` on each
+    row alone with its own past."""
     config = model.config
-    dtype = model.embed.tokens.weight.dtype
     worst = 0.0
-    for seed, (batch, src_len, past_len, tgt_len) in enumerate(DECODER_SHAPES):
+    as_graph = reference.float_dtype  # an fp16 graph is fed the fp32 model's values, cast
+    for seed, (batch, src_len, longest, capacity) in enumerate(DECODER_SHAPES):
         g = torch.Generator().manual_seed(100 + seed)
-        src_ids, src_mask, past_mask = _random_batch(model, batch, src_len, past_len, seed)
-        tgt_mask = torch.cat([past_mask, torch.ones(batch, tgt_len, dtype=torch.int64)], dim=1)
-        positions = past_mask.sum(dim=1, keepdim=True) + torch.arange(tgt_len)  # (B, T)
-        tgt_ids = torch.randint(4, config.vocab_size, (batch, tgt_len), generator=g)
-        shape = (batch, config.n_heads, past_len, config.head_dim)
-        past = [
-            (torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype))
-            for _ in range(config.n_decoder_layers)
-        ]
+        src_ids, src_mask = _random_batch(model, batch, src_len, seed)
+        lengths = [max(0, longest - row) for row in range(batch)]  # (B,) past slots of each row
+        tokens = torch.randint(4, config.vocab_size, (batch,), generator=g)
+        shape = (batch, config.n_heads, capacity, config.head_dim)
+        past = [torch.randn(shape, generator=g) for _ in range(2 * config.n_decoder_layers)]
         cross = model.cross_kv(model.encode(src_ids, src_mask))
-        logits, present = model.decode_step(tgt_ids, positions, tgt_mask, src_mask, past, cross)
-        feed = {
-            "input_ids": tgt_ids.numpy(),
-            "position_ids": positions.numpy(),
-            "decoder_attention_mask": tgt_mask.numpy(),
-            "encoder_attention_mask": src_mask.numpy(),
-        }
-        as_graph = reference.float_dtype  # an fp16 graph is fed the fp32 model's values, cast
-        for i, ((pk, pv), (ck, cv)) in enumerate(zip(past, cross, strict=True)):
-            feed |= {
-                f"past_key_values.{i}.decoder.key": pk.numpy().astype(as_graph),
-                f"past_key_values.{i}.decoder.value": pv.numpy().astype(as_graph),
-                f"past_key_values.{i}.encoder.key": ck.numpy().astype(as_graph),
-                f"past_key_values.{i}.encoder.value": cv.numpy().astype(as_graph),
-            }
-        ours = reference.decoder.run(None, feed)
-        theirs = [logits, *(t for kv in present for t in kv)]
-        worst = max(worst, *(_diff(o, t) for o, t in zip(ours, theirs, strict=True)))
+        flat_cross = [t.numpy().astype(as_graph) for kv in cross for t in kv]
+        encoded = Encoded(src_mask.numpy(), flat_cross)
+        cache = [p.numpy().astype(as_graph) for p in past]
+        logits, present = reference.step(tokens.numpy(), np.array(lengths), encoded, cache)
+        for row, length in enumerate(lengths):
+            own_past = [
+                (past[2 * i][row : row + 1, :, :length], past[2 * i + 1][row : row + 1, :, :length])
+                for i in range(config.n_decoder_layers)
+            ]
+            own_cross = [(k[row : row + 1], v[row : row + 1]) for k, v in cross]
+            theirs_logits, theirs_present = model.decode_step(
+                tokens[row : row + 1, None],
+                torch.tensor([[length]]),
+                torch.ones(1, length + 1, dtype=torch.int64),
+                src_mask[row : row + 1],
+                own_past,
+                own_cross,
+            )  # (1, 1, V), per layer (1, H, P+1, Dh)
+            worst = max(worst, _diff(logits[row], theirs_logits[0, -1]))
+            theirs = [t[0] for kv in theirs_present for t in kv]  # 2L x (H, P+1, Dh)
+            for ours, t in zip(present, theirs, strict=True):
+                worst = max(worst, _diff(ours[row, :, : length + 1], t))
     return worst
 
 
@@ -135,20 +135,19 @@ def _decode_forced(
     steps: int,
     row_ids: list[int],
 ) -> list[list[np.ndarray]]:
-    """Decode rows that join at different steps (`starts`), left-padding the caches of late rows.
+    """Decode rows that join at different steps (`starts`): until it joins, a row is stepped on
+    an empty past, as the service's new rows are.
 
     Returns per row the logits of each of its own steps."""
     encoded = reference.encode(sources)
     batch = len(sources)
-    past: KVList = reference.empty_past(batch)
-    tgt_mask = np.zeros((batch, 0), dtype=np.int64)
+    past: KVList = reference.empty_past(batch, steps + max(starts))
     tokens = np.full(batch, reference.bos_id, dtype=np.int64)
     logits_per_row: list[list[np.ndarray]] = [[] for _ in range(batch)]
     for step in range(steps + max(starts)):
         active = np.array([step >= s for s in starts])
         positions = np.array([max(step - s, 0) for s in starts], dtype=np.int64)
-        tgt_mask = np.concatenate([tgt_mask, active[:, None].astype(np.int64)], axis=1)
-        logits, past = reference.step(tokens, positions, tgt_mask, encoded, past)
+        logits, past = reference.step(tokens, positions, encoded, past)
         for row in np.flatnonzero(active):
             own_step = step - starts[row]
             if own_step < steps:
@@ -169,8 +168,8 @@ def _decode_forced(
 def joined_vs_alone_diff(
     reference: ReferenceDecoder, sources: list[list[int]], starts: list[int], steps: int = 6
 ) -> float:
-    """Rows decoded together, row r joining at step starts[r] (its cache left-padded and
-    masked), against the same rows decoded alone: the worst logit difference at any step."""
+    """Rows decoded together, row r joining at step starts[r], against the same rows decoded
+    alone: the worst logit difference at any step."""
     row_ids = list(range(len(sources)))
     together = _decode_forced(reference, sources, starts, steps, row_ids)
     worst = 0.0

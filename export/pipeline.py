@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from export.decoder_graph import export_decoder
 from export.hf_parity import transformers_logits_diff
 from export.manifest import build_manifest
-from export.onnx_export import OPSET, export_decoder, export_encoder
+from export.onnx_export import OPSET, export_encoder
 from export.parity import TOLERANCE, ParityError, check_parity
 from export.quality import score_bundle
 from export.quantize import quantize_int8
@@ -60,7 +61,7 @@ def write_graphs(model: Transformer, directory: Path, precision: str) -> None:
         export_decoder(half, directory / DECODER_FILE)
         return
     export_encoder(model, directory / ENCODER_FILE)
-    export_decoder(model, directory / DECODER_FILE)
+    export_decoder(model, directory / DECODER_FILE, gemm=precision != "int8")
     if precision == "int8":
         for name in (ENCODER_FILE, DECODER_FILE):
             quantize_int8(directory / name)

@@ -68,24 +68,26 @@ class ReferenceDecoder:
         )
         return Encoded(mask, list(cross))
 
-    def empty_past(self, batch: int) -> KVList:
-        shape = (batch, self.kv_shape[0], 0, self.kv_shape[1])
+    def empty_past(self, batch: int, capacity: int) -> KVList:
+        """A self-attention cache 2L x (B, H, M, Dh) of `capacity` slots, none in use."""
+        shape = (batch, self.kv_shape[0], capacity, self.kv_shape[1])
         return [np.zeros(shape, dtype=self.float_dtype) for _ in range(2 * self.n_layers)]
 
     def step(
         self,
         tokens: np.ndarray,
-        positions: np.ndarray,
-        tgt_mask: np.ndarray,
+        past_lengths: np.ndarray,
         encoded: Encoded,
         past: KVList,
     ) -> tuple[np.ndarray, KVList]:
-        """One decoder step: tokens (B,) at positions (B,), tgt_mask (B, P+1) -> logits (B, V)."""
-        batch = tokens.shape[0]
+        """One decoder step: tokens (B,), row b's at position past_lengths[b] over its past in
+        the slots [0, past_lengths[b]) of `past` -> logits (B, V) and the cache with slot
+        past_lengths[b] written (a copy here: no buffer is shared)."""
+        lengths = past_lengths.astype(np.int32)
         feed = {
-            "input_ids": tokens.reshape(batch, 1).astype(np.int64),
-            "position_ids": positions.reshape(batch, 1).astype(np.int64),
-            "decoder_attention_mask": tgt_mask.astype(np.int64),
+            "input_ids": tokens.astype(np.int64),
+            "past_lengths": lengths,
+            "total_length": np.array(lengths.max() + 1, dtype=np.int32),
             "encoder_attention_mask": encoded.src_mask,
         }
         for i in range(self.n_layers):
@@ -94,21 +96,19 @@ class ReferenceDecoder:
             feed[f"past_key_values.{i}.encoder.key"] = encoded.cross[2 * i]
             feed[f"past_key_values.{i}.encoder.value"] = encoded.cross[2 * i + 1]
         logits, *present = self.decoder.run(decoder_output_names(self.n_layers), feed)
-        return logits[:, -1], list(present)
+        return logits, list(present)
 
     def uniform_step(
         self, tokens: np.ndarray, step: int, encoded: Encoded, past: KVList
     ) -> tuple[np.ndarray, KVList]:
-        """A step for rows that all have `step` past slots, none of them masked."""
-        batch = tokens.shape[0]
-        positions = np.full(batch, step, dtype=np.int64)
-        return self.step(tokens, positions, np.ones((batch, step + 1), np.int64), encoded, past)
+        """A step for rows that all have `step` past slots."""
+        return self.step(tokens, np.full(tokens.shape[0], step), encoded, past)
 
     def greedy(self, src_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy search; per row the ids after `<s>`, ending with `</s>` unless cut."""
         encoded = self.encode(src_ids)
         batch = len(src_ids)
-        past = self.empty_past(batch)
+        past = self.empty_past(batch, max(1, max_new_tokens))
         tokens = np.full(batch, self.bos_id, dtype=np.int64)
         outputs: list[list[int]] = [[] for _ in range(batch)]
         done = np.zeros(batch, dtype=bool)
@@ -133,7 +133,7 @@ class ReferenceDecoder:
         """Beam search for one source; the best `n_best` (ids, normalized score), best first."""
         encoded = self.encode([src_ids])
         beams: list[tuple[list[int], float]] = [([], 0.0)]  # generated ids, log-prob sum
-        past = self.empty_past(1)
+        past = self.empty_past(1, max(1, max_new_tokens))
         finished: list[tuple[list[int], float]] = []
         for step in range(max_new_tokens):
             rows = np.zeros(len(beams), dtype=np.int64)

@@ -8,15 +8,23 @@
                         vocabulary shared by source and target with `<2xx>` language tokens;
                         "marian" source.spm, target.spm and vocab.json (imported OPUS-MT models)
       encoder.onnx      input_ids, attention_mask -> cross-attention K/V of every decoder layer
-      decoder.onnx      one decoder step (the first included) with the self-attention KV cache
+      decoder.onnx      one decoder step, one token per row, over a fixed-capacity
+                        self-attention cache that the step writes in place:
+                          input_ids (B,) int64, past_lengths (B,) int32 (cached slots of
+                          each row = the position of its token), total_length () int32
+                          (max past_lengths + 1), encoder_attention_mask (B, S) int64,
+                          past K/V 2L x (B, H, M, Dh), cross K/V 2L x (B, H, S, Dh)
+                          -> logits (B, V), present K/V 2L x (B, H, M, Dh)
 
 special_tokens["bos"] is the token the decoder starts from (Marian's is its pad token). The
 manifest's `languages` maps each target language to its language token id, or to null for a
 model with one target and no such token. `decoding` holds the defaults a request gets for unset
 options and the rules every request gets (see `service.search.DecodingRules`).
 
-Format history: 1 (one sentencepiece tokenizer, no decoding section) is no longer read; a bundle of
-version 1 is refused with a message naming its version (re-export it: `make bundle`).
+Format history: 1 (one sentencepiece tokenizer, no decoding section) and 2 (a decoder graph whose
+cache grew by one slot per step, left-padded, with position ids and a self-attention mask) are no
+longer read; such a bundle is refused with a message naming its version (re-export it from its
+checkpoint: `python -m export`, or `make bundle`).
 
 `load_bundle` checks the format version, that every file is there with its checksum, and that the
 graphs' inputs and outputs are the ones the manifest declares, and fails fast naming the file and
@@ -33,7 +41,7 @@ from typing import Any
 
 import onnx
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.model"
 ENCODER_FILE = "encoder.onnx"
@@ -57,7 +65,7 @@ def encoder_output_names(n_layers: int) -> list[str]:
 
 
 def decoder_input_names(n_layers: int) -> list[str]:
-    names = ["input_ids", "position_ids", "decoder_attention_mask", "encoder_attention_mask"]
+    names = ["input_ids", "past_lengths", "total_length", "encoder_attention_mask"]
     names += [
         f"past_key_values.{i}.decoder.{kv}" for i in range(n_layers) for kv in ("key", "value")
     ]
@@ -222,7 +230,11 @@ def read_manifest(directory: Path) -> Manifest:
         raise BundleError(
             f"{path}: unknown format_version {version!r};"
             f" this service reads version {FORMAT_VERSION}"
-            + (" (re-export it with python -m export, or make bundle)" if version == 1 else "")
+            + (
+                " (re-export it from its checkpoint with python -m export, or make bundle)"
+                if version in (1, 2)
+                else ""
+            )
         )
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:

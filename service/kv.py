@@ -1,13 +1,21 @@
-"""Array operations on the KV cache of a batch of rows, behind one small interface.
+"""Array operations on the KV caches of a batch of rows, behind one small interface.
 
-The runner keeps two caches of 2L tensors (layer 0 key, layer 0 value, layer 1 key, ...): the
-self-attention cache `past` (B, H, P, Dh), left-padded, and the cross-attention K/V `cross`
-(B, H, S, Dh), right-padded. Between decoder steps it removes and reorders rows (`take`, trimming
-unused slots in the same copy) and appends rows (`join`, padding the length axis in the same
-copy). `StackedKV` does this on host arrays, the 2L tensors stacked in one (2L, B, H, L, Dh)
-array so that each operation is one numpy call for the whole cache; `sessions.OrtValueKV` does it
-on a list of 2L device OrtValues, so a CUDA cache never leaves the GPU. Either way `cache[k]` is
-the k-th tensor, which is all the sessions need to feed it to a graph.
+The runner keeps two caches of 2L tensors (layer 0 key, layer 0 value, layer 1 key, ...):
+
+  * the self-attention cache (R, H, M, Dh): a fixed capacity of R rows and M slots, of which the
+    batch's B rows use rows [0, B) and row b the slots [0, position_b). The decoder step writes
+    each row's new key and value in place at slot position_b, so a step copies nothing. Rows
+    that leave or move (beam search) are gathered to the front (`gather_rows`, only the slots in
+    use); rows that join need no copy (their past is empty); a full cache grows (`join` with
+    zeros, doubling);
+  * the cross-attention K/V `cross` (B, H, S, Dh), right-padded: rows removed and reordered by
+    `take` (trimming unused slots in the same copy) and appended by `join` (padding the length
+    axis in the same copy).
+
+`StackedKV` does this on host arrays, the 2L tensors stacked in one (2L, B, H, L, Dh) array so
+that each operation is one numpy call for the whole cache; `sessions.OrtValueKV` does it on a
+list of 2L device OrtValues, so a CUDA cache never leaves the GPU. Either way `cache[k]` is the
+k-th tensor, which is all the sessions need to feed it to a graph.
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ class KVOps(Protocol):
         copy."""
         ...
 
+    def gather_rows(self, kv: KVCache, rows: np.ndarray, used: int) -> KVCache:
+        """The cache with rows `rows` (N,) int64 moved to rows [0, N), in that order, for the
+        slots [0, used); the cache keeps its shape, and what the other rows and slots hold is
+        undefined. May work in place."""
+        ...
+
 
 class StackedKV:
     """`KVOps` on one host array (2L, B, H, L, Dh): the CPU provider's inputs and outputs.
@@ -57,3 +71,9 @@ class StackedKV:
         joined[:, :rows, :, : first.shape[3]] = first
         joined[:, rows:, :, : second.shape[3]] = second
         return joined
+
+    def gather_rows(self, kv: KVCache, rows: np.ndarray, used: int) -> KVCache:
+        moved = np.flatnonzero(rows != np.arange(len(rows)))  # rows already in place stay
+        if len(moved):
+            kv[:, moved, :, :used] = kv[:, rows[moved], :, :used]  # the right side is a copy
+        return kv

@@ -1,19 +1,21 @@
 """The runner: encode admitted segments, one decoder step for every row, select next tokens.
 
 All segments in flight are rows of one batch. A segment's rows are contiguous (one row under
-greedy search, up to beam_size under beam search). Per row the batch keeps its last token, its
-next position and a mask over the self-attention slots; the KV cache of every row is padded on
-the left to the longest past, the cross K/V padded on the right to the longest source:
+greedy search, up to beam_size under beam search). Per row the batch keeps its last token and
+that token's position (= the slots of its past); the self-attention cache has a fixed capacity,
+rows [0, B) in use, row b's past in its slots [0, position_b); the cross K/V are padded on the
+right to the longest source:
 
-    tokens (B,)  positions (B,)  self_mask (B, P)  src_mask (B, S)
-    past  2L x (B, H, P, Dh)     cross 2L x (B, H, S, Dh)
+    tokens (B,)  positions (B,)  src_mask (B, S)
+    cache  2L x (R, H, M, Dh), R >= B, M > max(positions)     cross 2L x (B, H, S, Dh)
 
 `encode(jobs)` runs the encoder on segments about to join (batched by similar source length) and
 touches no batch state, so it may run in another thread while steps go on. A `step(plan)` appends
-the encoded rows (empty past: all P slots masked), removes cancelled ones, runs one decoder step,
-lets each segment's search pick its next rows, then reorders the batch with one `take`, trims
-slots no row uses and reports what each segment committed. The encoder never runs twice for a
-segment and past steps are never recomputed. No asyncio here.
+the encoded rows (an empty past: nothing to copy), removes cancelled ones, runs one decoder step,
+which writes every row's new key and value into the cache in place, lets each segment's search
+pick its next rows, then moves the rows that changed (beam search, finished segments) to the
+front of the cache and reports what each segment committed. The encoder never runs twice for a
+segment, past steps are never recomputed, and a step copies no cache. No asyncio here.
 """
 
 from __future__ import annotations
@@ -39,18 +41,22 @@ class ModelSessions(Protocol):
         """(B, S) right-padded ids and mask -> cross K/V 2L x (B, H, S, Dh)."""
         ...
 
+    def new_cache(self, like: KVCache, rows: int, slots: int) -> KVCache:
+        """An empty self-attention cache 2L x (rows, H, slots, Dh) like the cross K/V `like`."""
+        ...
+
     def decode(
         self,
         tokens: np.ndarray,
-        positions: np.ndarray,
+        past_lengths: np.ndarray,
         *,
-        self_mask: np.ndarray,
         src_mask: np.ndarray,
-        past: KVCache,
+        cache: KVCache,
         cross: KVCache,
-    ) -> tuple[np.ndarray, KVCache]:
-        """One step: (B,) tokens and positions, (B, P+1) and (B, S) masks -> logits (B, V),
-        present 2L x (B, H, P+1, Dh)."""
+    ) -> np.ndarray:
+        """One step for B = len(tokens) rows: (B,) tokens at positions `past_lengths` (B,),
+        (B, S) source mask -> logits (B, V); writes each row's key and value into `cache` at
+        slot past_lengths[b]."""
         ...
 
 
@@ -60,11 +66,12 @@ class _Batch:
 
     seq_of_row: np.ndarray  # (B,) int64 seq_id of each row
     tokens: np.ndarray  # (B,) int64 last token of each row
-    positions: np.ndarray  # (B,) int64 position of that token
-    self_mask: np.ndarray  # (B, P) int64, 0 = left-pad slot
+    positions: np.ndarray  # (B,) int64 position of that token = slots of its past
     src_mask: np.ndarray  # (B, S) int64, 0 = right-pad slot
-    past: KVCache  # 2L x (B, H, P, Dh)
     cross: KVCache  # 2L x (B, H, S, Dh)
+
+
+MIN_SLOTS = 32  # the cache's first slot capacity; it doubles when a row needs more
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +104,11 @@ def _join_masks(first: np.ndarray, second: np.ndarray, width: int) -> np.ndarray
     return joined
 
 
+def _grown(capacity: int, needed: int) -> int:
+    """A capacity of at least `needed`: doubled, so that growing costs O(1) copies per row."""
+    return capacity if needed <= capacity else max(needed, 2 * capacity)
+
+
 class Seq2SeqRunner:
     """Continuous-batching decoder over `ModelSessions`.
 
@@ -119,6 +131,8 @@ class Seq2SeqRunner:
         self._bos_id = special_tokens["bos"]
         self._eos_id = special_tokens["eos"]
         self._batch: _Batch | None = None
+        self._cache: KVCache | None = None  # 2L x (R, H, M, Dh)
+        self._capacity = (0, 0)  # (R, M) of the cache
         self._searches: dict[int, Search] = {}  # seq_id -> search, in row order
 
     @property
@@ -126,8 +140,11 @@ class Seq2SeqRunner:
         return 0 if self._batch is None else len(self._batch.seq_of_row)
 
     def reset(self) -> None:
-        """Forget every row (after a runtime failure)."""
+        """Forget every row (after a runtime failure, or when the last one finished); the cache
+        goes too, so an idle runner holds no memory for the peak it once served."""
         self._batch = None
+        self._cache = None
+        self._capacity = (0, 0)
         self._searches = {}
 
     def encode(self, jobs: Sequence[SegmentJob]) -> EncodedSegments:
@@ -162,22 +179,37 @@ class Seq2SeqRunner:
         if self._batch is None:
             return StepResult((), 0, 0.0)
         batch = self._batch
-        self_mask = np.concatenate([batch.self_mask, np.ones_like(batch.tokens)[:, None]], axis=1)
+        cache = self._reserve(len(batch.tokens), int(batch.positions.max()) + 1)
         start = time.perf_counter()
-        logits, present = self._sessions.decode(
-            batch.tokens,
-            batch.positions,
-            self_mask=self_mask,
-            src_mask=batch.src_mask,
-            past=batch.past,
-            cross=batch.cross,
-        )  # (B, V), 2L x (B, H, P+1, Dh)
+        logits = self._sessions.decode(
+            batch.tokens, batch.positions, src_mask=batch.src_mask, cache=cache, cross=batch.cross
+        )  # (B, V); the cache now holds slot positions[b] of every row b
         step_seconds = time.perf_counter() - start
-        padding = float((batch.positions + 1).sum()) / self_mask.size  # real slots: position + 1
+        padding = float(batch.src_mask.sum()) / batch.src_mask.size  # real cross-attention slots
         rows = len(batch.tokens)
         parents, tokens, updates = self._select(logits)
-        self._reorder(parents, tokens, self_mask, present)
+        batch.positions = batch.positions + 1
+        if len(parents) == 0:
+            self.reset()
+        else:
+            self._reorder(parents, tokens)
         return StepResult(tuple(updates), rows, step_seconds, padding)
+
+    def _reserve(self, rows: int, slots: int) -> KVCache:
+        """The cache, grown (doubling) to hold `rows` rows of `slots` slots; growing copies the
+        rows in use once."""
+        capacity_rows, capacity_slots = self._capacity
+        assert self._batch is not None
+        if self._cache is None:
+            wanted = (rows, max(slots, MIN_SLOTS))
+            self._cache = self._sessions.new_cache(self._batch.cross, *wanted)
+            self._capacity = wanted
+        elif rows > capacity_rows or slots > capacity_slots:
+            wanted = (_grown(capacity_rows, rows), _grown(capacity_slots, slots))
+            extra = self._kv.zeros(self._cache, wanted[0] - capacity_rows, 0)
+            self._cache = self._kv.join(self._cache, extra, wanted[1])
+            self._capacity = wanted
+        return self._cache
 
     def _drop(self, seq_ids: frozenset[int]) -> None:
         gone = seq_ids & self._searches.keys()
@@ -189,8 +221,8 @@ class Seq2SeqRunner:
         self._take(keep, layout_changed=True)
 
     def _admit(self, admitted: tuple[EncodedSegments, ...]) -> None:
-        """Append the admitted rows: gathered among themselves first (their pasts are empty,
-        so that copies only their cross K/V), then joined to the batch in one copy."""
+        """Append the admitted rows: their cross K/V and source masks joined to the batch in one
+        copy; their past is empty, so their cache rows need nothing."""
         new: _Batch | None = None
         for encoded in admitted:
             rows = self._new_rows(encoded)
@@ -208,24 +240,18 @@ class Seq2SeqRunner:
             seq_of_row=np.array([job.seq_id for job in jobs], dtype=np.int64),
             tokens=np.full(n, self._bos_id, dtype=np.int64),
             positions=np.zeros(n, dtype=np.int64),
-            self_mask=np.zeros((n, 0), dtype=np.int64),
             src_mask=encoded.src_mask,
-            past=self._kv.zeros(encoded.cross, n, 0),
             cross=encoded.cross,
         )
 
     def _join(self, old: _Batch, new: _Batch) -> _Batch:
-        """`old` rows then `new` rows; the shorter past is left-padded, the shorter source
-        right-padded, so every row keeps its own slots."""
-        past_len = old.self_mask.shape[1]
+        """`old` rows then `new` rows, the shorter source right-padded."""
         src_len = max(old.src_mask.shape[1], new.src_mask.shape[1])
         return _Batch(
             seq_of_row=np.concatenate([old.seq_of_row, new.seq_of_row]),
             tokens=np.concatenate([old.tokens, new.tokens]),
             positions=np.concatenate([old.positions, new.positions]),
-            self_mask=_join_masks(old.self_mask, new.self_mask, past_len),
             src_mask=_join_masks(old.src_mask, new.src_mask, src_len),
-            past=self._kv.join(old.past, new.past, past_len),  # new rows' slots: all padding
             cross=self._kv.join(old.cross, new.cross, src_len),
         )
 
@@ -250,17 +276,10 @@ class Seq2SeqRunner:
             start += rows
         return np.array(parents, dtype=np.int64), np.array(tokens, dtype=np.int64), updates
 
-    def _reorder(
-        self, parents: np.ndarray, tokens: np.ndarray, self_mask: np.ndarray, present: KVCache
-    ) -> None:
+    def _reorder(self, parents: np.ndarray, tokens: np.ndarray) -> None:
         """The next batch: row i continues row parents[i] and appends tokens[i]."""
         assert self._batch is not None
         batch = self._batch
-        batch.past, batch.self_mask = present, self_mask
-        batch.positions = batch.positions + 1
-        if len(parents) == 0:
-            self.reset()
-            return
         same_rows = len(parents) == len(batch.tokens) and bool(
             (parents == np.arange(len(parents))).all()
         )
@@ -272,17 +291,19 @@ class Seq2SeqRunner:
         self._batch.tokens = tokens
 
     def _take(self, rows: np.ndarray, layout_changed: bool) -> None:
-        """Keep `rows` (N,) of the batch, in that order, in one gather per tensor that also drops
-        the leading self slots and trailing source slots no kept row uses. The cross K/V of a
-        segment's rows are equal, so they are only gathered when rows move between segments."""
+        """Keep `rows` (N,) of the batch, in that order: their cache rows move to the front (the
+        slots in use only), the others' go. The cross K/V of a segment's rows are equal, so they
+        are only gathered (trimming source slots no kept row uses) when rows move between
+        segments."""
         assert self._batch is not None
         if len(rows) == 0:
             self.reset()
             return
         b = self._batch
-        width = b.self_mask.shape[1]
-        first = width - int(b.positions[rows].max())  # a row's real slots: its last `position`
-        self_mask = b.self_mask[rows, first:]
+        if self._cache is not None:
+            used = int(b.positions[rows].max())  # a row's slots in use: its next `position`
+            cache = self._reserve(len(rows), used)  # a beam may need more rows than it had
+            self._cache = self._kv.gather_rows(cache, rows, used)
         src_mask, cross = b.src_mask, b.cross
         if layout_changed:
             src_mask = b.src_mask[rows]
@@ -293,8 +314,6 @@ class Seq2SeqRunner:
             seq_of_row=b.seq_of_row[rows],
             tokens=b.tokens[rows],
             positions=b.positions[rows],
-            self_mask=self_mask,
             src_mask=src_mask,
-            past=self._kv.take(b.past, rows, first, width),
             cross=cross,
         )

@@ -4,13 +4,14 @@ Device choice (`TRANSLATOR_DEVICE`): `cpu`; `cuda`, which fails at startup unles
 really run on the CUDA provider (ONNX Runtime itself falls back to CPU silently); `auto`, CUDA
 when usable, otherwise CPU with a warning. The provider really in use is `OrtSessions.provider`.
 
-On CPU the graphs take and return numpy arrays; the 2L K/V outputs are stacked into one
-(2L, B, H, L, Dh) array that `kv.StackedKV` gathers and joins with one numpy call each. (Binding
-the outputs to preallocated arrays instead was no faster at batch 24, and unbatched the engine
-thread spent 17 % of its time in IOBinding's per-name Python calls.) On CUDA every call goes through
-IOBinding: the small int64 inputs are copied in, the logits copied out, and the KV cache stays on
-the GPU as OrtValues; `OrtValueKV` gathers, pads, slices and concatenates it there with tiny
-helper graphs.
+The encoder runs with numpy in and out on CPU (its 2L K/V outputs stacked into one
+(2L, B, H, S, Dh) array that `kv.StackedKV` gathers and joins with one numpy call each). The
+decoder step always runs through one IOBinding kept from step to step (`_StepBinding`): the
+self-attention cache is bound by address as both past input and present output, so
+GroupQueryAttention writes each row's new slot in place and no step copies the cache; the cross
+K/V, source mask and logits buffer are rebound only when rows join or leave. On CUDA the KV
+caches are device OrtValues (`OrtValueKV` gathers, pads and concatenates them there with tiny
+helper graphs); the small int inputs are copied in and the logits copied out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from service.bundle import Bundle, decoder_output_names, encoder_output_names
+from service.bundle import Bundle, encoder_output_names
 from service.kv import KVCache, KVOps, StackedKV
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,11 @@ class OrtSessions:
             )
         self._n_layers = bundle.manifest.n_layers
         self._encoder_outputs = encoder_output_names(self._n_layers)
-        self._decoder_outputs = decoder_output_names(self._n_layers)
         bound = "cuda" if self.provider == CUDA else ("cpu" if io_binding else None)
         self._bound_device = bound  # None: numpy in and out, the K/V stacked (StackedKV)
         self.kv: KVOps = StackedKV() if bound is None else OrtValueKV(bound)
+        vocab = bundle.manifest.vocab_size
+        self._step = _StepBinding(self.decoder, self._n_layers, vocab, bound)
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVCache:
         """(B, S) ids and mask -> cross K/V 2L x (B, H, S, Dh)."""
@@ -124,35 +126,114 @@ class OrtSessions:
             return _run_bound(self.encoder, feed, names, set(names), self._bound_device)
         return np.stack(self.encoder.run(names, feed))  # (2L, B, H, S, Dh)
 
+    def new_cache(self, like: KVCache, rows: int, slots: int) -> KVCache:
+        """A self-attention cache of `rows` rows and `slots` slots, 2L x (R, H, M, Dh), with the
+        dtype, heads and device of `like` (a cross K/V)."""
+        return self.kv.zeros(like, rows, slots)
+
     def decode(
         self,
         tokens: np.ndarray,
-        positions: np.ndarray,
+        past_lengths: np.ndarray,
         *,
-        self_mask: np.ndarray,
         src_mask: np.ndarray,
-        past: KVCache,
+        cache: KVCache,
         cross: KVCache,
-    ) -> tuple[np.ndarray, KVCache]:
-        """One step for B rows -> logits (B, V) and present K/V 2L x (B, H, P+1, Dh)."""
-        feed: dict[str, Any] = {
-            "input_ids": tokens[:, None],
-            "position_ids": positions[:, None],
-            "decoder_attention_mask": self_mask,
-            "encoder_attention_mask": src_mask,
-        }
-        for i in range(self._n_layers):
-            for j, kv in enumerate(("key", "value")):
-                feed[f"past_key_values.{i}.decoder.{kv}"] = past[2 * i + j]
-                feed[f"past_key_values.{i}.encoder.{kv}"] = cross[2 * i + j]
-        names = self._decoder_outputs
-        if self._bound_device is not None:
-            logits, *present = _run_bound(
-                self.decoder, feed, names, set(names[1:]), self._bound_device
-            )
-            return np.asarray(logits)[:, -1], present
-        logits, *present = self.decoder.run(names, feed)
-        return logits[:, -1], np.stack(present)  # (B, V), (2L, B, H, P+1, Dh)
+    ) -> np.ndarray:
+        """One step for the B = len(tokens) rows -> logits (B, V), valid until the next call.
+
+        Row b's token is at position past_lengths[b]; its key and value are written into
+        `cache` (2L x (R, H, M, Dh), R >= B, M > past_lengths[b]) at that slot, in place."""
+        return self._step.run(tokens, past_lengths, src_mask, cache, cross)
+
+
+class _StepBinding:
+    """The decoder's IOBinding, kept from step to step.
+
+    Each self-attention cache tensor is bound by address, its first B rows, as both the `past`
+    input and the `present` output: GroupQueryAttention sees one buffer and writes the new slot
+    in place. The cross K/V, the source mask and the logits buffer are rebound only when they
+    change (rows join or leave), so a step in a steady batch binds three small inputs and runs.
+    """
+
+    def __init__(
+        self, session: ort.InferenceSession, n_layers: int, vocab: int, device: str | None
+    ):
+        self._session = session
+        self._binding = session.io_binding()
+        self._device = device or "cpu"  # where the caches live
+        self._on_host = device is None  # caches are stacked numpy arrays (StackedKV)
+        self._vocab = vocab
+        self._past = [
+            (f"past_key_values.{i}.decoder.{kv}", f"present.{i}.decoder.{kv}")
+            for i in range(n_layers)
+            for kv in ("key", "value")
+        ]
+        self._cross = [
+            f"past_key_values.{i}.encoder.{kv}" for i in range(n_layers) for kv in ("key", "value")
+        ]
+        self._bound: tuple[Any, ...] = ()  # (rows, cache, cross, src_mask) last bound
+        self._logits = np.empty((0, vocab), dtype=np.float32)
+
+    def run(
+        self,
+        tokens: np.ndarray,
+        past_lengths: np.ndarray,
+        src_mask: np.ndarray,
+        cache: KVCache,
+        cross: KVCache,
+    ) -> np.ndarray:
+        rows = len(tokens)
+        binding = self._binding
+        if not _same(self._bound, (rows, cache, cross, src_mask)):
+            self._bind_batch(rows, cache, cross, src_mask)
+        lengths = past_lengths.astype(np.int32)
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(tokens, dtype=np.int64))
+        binding.bind_cpu_input("past_lengths", lengths)
+        binding.bind_cpu_input("total_length", np.array(lengths.max() + 1, dtype=np.int32))
+        self._session.run_with_iobinding(binding)
+        return self._logits
+
+    def _bind_batch(self, rows: int, cache: KVCache, cross: KVCache, src_mask: np.ndarray) -> None:
+        binding = self._binding
+        for k, (past, present) in enumerate(self._past):
+            address, shape, dtype = self._rows_of(cache[k], rows)
+            binding.bind_input(past, self._device, 0, dtype, shape, address)
+            binding.bind_output(present, self._device, 0, dtype, shape, address)
+        for k, name in enumerate(self._cross):
+            if self._on_host:
+                tensor = cross[k]
+                binding.bind_input(
+                    name, "cpu", 0, tensor.dtype, list(tensor.shape), tensor.ctypes.data
+                )
+            else:
+                binding.bind_ortvalue_input(name, cross[k])
+        binding.bind_cpu_input("encoder_attention_mask", np.ascontiguousarray(src_mask))
+        dtype = self._rows_of(cache[0], rows)[2]
+        self._logits = np.empty((rows, self._vocab), dtype=dtype)
+        binding.bind_output(
+            "logits", "cpu", 0, dtype, list(self._logits.shape), self._logits.ctypes.data
+        )
+        # the arrays bound by address must live as long as the binding uses them
+        self._bound = (rows, cache, cross, src_mask)
+
+    def _rows_of(self, tensor: Any, rows: int) -> tuple[int, list[int], Any]:
+        """Address, shape (rows, H, M, Dh) and numpy dtype of the first `rows` rows of a cache
+        tensor (R, H, M, Dh): a contiguous prefix, so its address is the tensor's."""
+        if self._on_host:
+            assert tensor.flags.c_contiguous
+            return tensor.ctypes.data, [rows, *tensor.shape[1:]], tensor.dtype
+        shape = tensor.shape()
+        dtype = np.float16 if tensor.data_type() == "tensor(float16)" else np.float32
+        return tensor.data_ptr(), [rows, *shape[1:]], dtype
+
+
+def _same(bound: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
+    return (
+        len(bound) == len(now)
+        and bound[0] == now[0]
+        and all(a is b for a, b in zip(bound[1:], now[1:], strict=True))
+    )
 
 
 def _run_bound(
@@ -195,9 +276,13 @@ class OrtValueKV:
     def zeros(self, like: KVCache, rows: int, length: int) -> KVCache:
         _, heads, _, head_dim = like[0].shape()
         dtype = np.float16 if like[0].data_type() == "tensor(float16)" else np.float32
-        host = np.zeros((rows, heads, length, head_dim), dtype=dtype)
-        zero = ort.OrtValue.ortvalue_from_numpy(host, self._device, 0)
-        return [zero] * len(like)  # read-only inputs: one buffer serves every layer
+        shape = (rows, heads, length, head_dim)
+        # one buffer per tensor (the decoder writes the self-attention cache in place); on CPU
+        # an OrtValue shares its numpy array's memory, so each gets an array of its own
+        return [
+            ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=dtype), self._device, 0)
+            for _ in like
+        ]
 
     def take(self, kv: KVCache, rows: np.ndarray, start: int, stop: int) -> KVCache:
         if (start, stop) != (0, kv[0].shape()[2]):
@@ -207,6 +292,14 @@ class OrtValueKV:
     def join(self, first: KVCache, second: KVCache, length: int) -> KVCache:
         first, second = self._pad(first, length), self._pad(second, length)
         return self._apply("concat", [*first, *second], {})
+
+    def gather_rows(self, kv: KVCache, rows: np.ndarray, used: int) -> KVCache:
+        if (rows == np.arange(len(rows))).all():
+            return kv
+        capacity = kv[0].shape()[0]
+        padded = np.zeros(capacity, dtype=np.int64)  # the rows after N: row 0 again, unused
+        padded[: len(rows)] = rows
+        return self._apply("take", kv, {"rows": padded})
 
     def _pad(self, kv: KVCache, length: int) -> KVCache:
         missing = length - kv[0].shape()[2]

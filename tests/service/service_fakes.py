@@ -134,8 +134,9 @@ class ToySessions:
     """`runner.ModelSessions` in numpy: 2 layers, 1 head, head size 1, a vocabulary of 64.
 
     The cache holds exact small integers (in float32): a past slot is 7 * token + position, a
-    source slot its id; a row's next-token logits hash the masked sums of its whole past and
-    source, and `</s>` comes exactly once the position reaches a length set by the source."""
+    source slot its id; a row's next-token logits hash the sums of its whole past (the slots
+    [0, position]) and source, and `</s>` comes exactly once the position reaches a length set by
+    the source. The decoder writes the new slot in place, as the real graph does."""
 
     vocab = 64
 
@@ -146,24 +147,31 @@ class ToySessions:
         slots = (src_ids * src_mask).astype(np.float32)[:, None, :, None]  # (B, 1, S, 1)
         return np.stack([slots * (k + 1) for k in range(4)])  # (2L, B, H, S, Dh)
 
+    def new_cache(self, like: np.ndarray, rows: int, slots: int) -> np.ndarray:
+        # not zeros: a row must never read a slot it has not written
+        return np.full((len(like), rows, 1, slots, 1), 12_345.0, dtype=np.float32)
+
     def decode(
         self,
         tokens: np.ndarray,
-        positions: np.ndarray,
+        past_lengths: np.ndarray,
         *,
-        self_mask: np.ndarray,
         src_mask: np.ndarray,
-        past: np.ndarray,
+        cache: np.ndarray,
         cross: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        new = (7 * tokens + positions).astype(np.float32)[:, None, None, None]  # (B, 1, 1, 1)
-        present = np.stack([np.concatenate([p, new * (k + 1)], axis=2) for k, p in enumerate(past)])
-        # a slot counts when unmasked, even when its value is 0 (as in softmax attention)
-        history = ((present[3][:, 0, :, 0] + 1) * self_mask).sum(axis=1).astype(np.int64)  # (B,)
+    ) -> np.ndarray:
+        rows = len(tokens)
+        new = (7 * tokens + past_lengths).astype(np.float32)  # (B,)
+        for k in range(len(cache)):
+            cache[k, np.arange(rows), 0, past_lengths, 0] = new * (k + 1)
+        slots = np.arange(cache.shape[3])
+        own = slots[None, :] <= past_lengths[:, None]  # (B, M): a row's past and its new slot
+        # a slot counts when it is the row's, even when its value is 0 (as in softmax attention)
+        history = ((cache[3, :rows, 0, :, 0] + 1) * own).sum(axis=1).astype(np.int64)  # (B,)
         source = ((cross[2][:, 0, :, 0] + 1) * src_mask).sum(axis=1).astype(np.int64)  # (B,)
-        state = (history * 1_000_003 + source * 7_919 + positions) % 1_000_000_007
+        state = (history * 1_000_003 + source * 7_919 + past_lengths) % 1_000_000_007
         ids = np.arange(self.vocab, dtype=np.int64)
-        logits = ((state[:, None] * 2_654_435_761 + ids * 40_503) % 997).astype(np.float32) / 50
-        ended = positions >= 8 + source % 25  # (B,)
+        logits: np.ndarray = ((state[:, None] * 2_654_435_761 + ids * 40_503) % 997).astype(np.float32) / 50
+        ended = past_lengths >= 8 + source % 25  # (B,)
         logits[:, EOS] = np.where(ended, 100.0, -100.0)
-        return logits, present
+        return logits

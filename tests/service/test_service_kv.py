@@ -119,17 +119,17 @@ def _toy_reference(job: SegmentJob) -> tuple[Hypothesis, ...]:
     src_ids, src_mask = np.array([job.src_ids]), np.ones((1, len(job.src_ids)), dtype=np.int64)
     cross = toy.encode(src_ids, src_mask)
     search = make_search(job.options, EOS)
-    pasts = [np.zeros((4, 1, 1, 0, 1), dtype=np.float32)]  # per live row: its own cache
+    pasts = [toy.new_cache(cross, 1, 64)]  # per live row: its own cache
     tokens, position = [SPECIAL["bos"]], 0
     while not search.done:
         logits, presents = [], []
         for token, past in zip(tokens, pasts, strict=True):
-            row_logits, present = toy.decode(
+            present = past.copy()
+            row_logits = toy.decode(
                 np.array([token]),
                 np.array([position]),
-                self_mask=np.ones((1, position + 1), dtype=np.int64),
                 src_mask=src_mask,
-                past=past,
+                cache=present,
                 cross=cross,
             )
             logits.append(row_logits[0])
