@@ -113,6 +113,7 @@ bench: bundle-present $(DEV_STAMP) proto
 bench-peers: bundle-present $(DEV_STAMP) proto
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[train,stubs,dev,bench]'
 	$(PY) -m bench.vs_ctranslate2 --checkpoint $(CHECKPOINT) --bundle $(BUNDLE)
+	$(PY) -m bench.vs_ctranslate2 --checkpoint $(CHECKPOINT) --model base
 
 # Reliability runs on the shipped bundle (about 10 minutes): 50,000 requests of random length (RSS,
 # open files, threads), twice the measured capacity for 60 s, idle/silent/stopped connections,

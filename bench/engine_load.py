@@ -38,6 +38,7 @@ class EngineFigures:
     seconds: float
     sentences: int
     sentences_per_s: float
+    cpu_ms_per_sentence: float  # this process's CPU time (all threads) per answer
     tokens_per_s: float
 
 
@@ -80,9 +81,9 @@ async def measure(
     scheduler.open()
     try:
         await _load(scheduler, segments, args.clients, args.warmup)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         sentences, tokens = await _load(scheduler, segments, args.clients, args.seconds)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     finally:
         await scheduler.close()
     return EngineFigures(
@@ -91,6 +92,7 @@ async def measure(
         seconds=round(elapsed, 2),
         sentences=sentences,
         sentences_per_s=round(sentences / elapsed, 2),
+        cpu_ms_per_sentence=round(1000 * cpu / max(sentences, 1), 3),
         tokens_per_s=round(tokens / elapsed, 1),
     )
 
@@ -105,9 +107,12 @@ def main() -> None:
     args = parser.parse_args()
     runner, segments = build_load(args.bundle, args.threads)
     results = [asyncio.run(measure(runner, segments, rows, args)) for rows in (64, 1)]
-    print(f"{'max active rows':<18}{'clients':>9}{'sent/s':>10}{'tok/s':>10}")
+    print(f"{'max active rows':<18}{'clients':>9}{'sent/s':>10}{'tok/s':>10}{'cpu ms':>9}")
     for r in results:
-        print(f"{r.max_active_rows:<18}{r.clients:>9}{r.sentences_per_s:>10}{r.tokens_per_s:>10}")
+        print(
+            f"{r.max_active_rows:<18}{r.clients:>9}{r.sentences_per_s:>10}{r.tokens_per_s:>10}"
+            f"{r.cpu_ms_per_sentence:>9}"
+        )
     ratio = results[0].sentences_per_s / max(results[1].sentences_per_s, 1e-9)
     print(f"engine alone, batched / unbatched sentences/s: {ratio:.2f}x")
     write_results("engine_load", [asdict(r) for r in results])

@@ -59,6 +59,7 @@ class Figures:
     p95_ms: float
     p99_ms: float
     mean_batch_rows: float
+    server_cpu_ms_per_sentence: float  # the server process's CPU time (all threads) per answer
 
 
 class ServerProcess:
@@ -96,6 +97,11 @@ class ServerProcess:
         for name, value in pairs:  # one series per model
             totals[name] += float(value)
         return totals["sum"], totals["count"]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far, all threads."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -154,6 +160,7 @@ class _Tally:
     seconds: float = 0.0
     rows: float = 0.0
     steps: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 def measure(configs: list[tuple[str, dict[str, str]]], args: argparse.Namespace) -> list[Figures]:
@@ -174,11 +181,13 @@ def measure(configs: list[tuple[str, dict[str, str]]], args: argparse.Namespace)
             for server, tally in zip(servers, tallies, strict=True):
                 address = f"127.0.0.1:{server.port}"
                 rows_before, steps_before = server.batch_rows()
+                cpu_before = server.cpu_seconds()
                 start = time.perf_counter()
                 latencies, tokens, errors = asyncio.run(
                     _load(address, sentences, args, args.seconds / args.rounds)
                 )
                 tally.seconds += time.perf_counter() - start
+                tally.cpu_seconds += server.cpu_seconds() - cpu_before
                 rows_after, steps_after = server.batch_rows()
                 tally.latencies += latencies
                 tally.tokens += tokens
@@ -209,6 +218,9 @@ def _figures(name: str, tally: _Tally, args: argparse.Namespace) -> Figures:
         p95_ms=round(float(ms[1]), 1),
         p99_ms=round(float(ms[2]), 1),
         mean_batch_rows=round(tally.rows / tally.steps, 2) if tally.steps else 0.0,
+        server_cpu_ms_per_sentence=round(
+            1000 * tally.cpu_seconds / max(len(tally.latencies), 1), 3
+        ),
     )
 
 
@@ -223,11 +235,14 @@ def _print(results: list[Figures]) -> None:
         "p99 ms",
         "rows",
         "errors",
+        "cpu ms",
     )
-    print(("{:<28}" + "{:>9}" * 8).format(*header))
+    print(("{:<28}" + "{:>9}" * 9).format(*header))
     for r in results:
         figures = (r.clients, r.sentences_per_s, r.tokens_per_s, r.p50_ms, r.p95_ms, r.p99_ms)
-        print(("{:<28}" + "{:>9}" * 8).format(r.name, *figures, r.mean_batch_rows, r.errors))
+        extra = (r.mean_batch_rows, r.errors, r.server_cpu_ms_per_sentence)
+        print(("{:<28}" + "{:>9}" * 9).format(r.name, *figures, *extra))
+    print("cpu ms: the server process's CPU time per answered sentence, all its threads")
     if len(results) == 2 and results[1].sentences_per_s:
         ratio = results[0].sentences_per_s / results[1].sentences_per_s
         print(f"batched / unbatched sentences/s: {ratio:.2f}x")

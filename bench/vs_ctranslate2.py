@@ -2,6 +2,7 @@
 
     python -m bench.vs_ctranslate2 [--checkpoint checkpoints/default] [--sentences 1024]
                                    [--rounds 3] [--work /tmp/vs_ct2] [--quick]
+    python -m bench.vs_ctranslate2 --model base [--sentences 128]
 
 Converts the checkpoint to a CTranslate2 model (bench/ctranslate2_model.py; fp32 and int8),
 exports an int8 bundle beside the shipped fp32 one, checks that greedy outputs are identical on
@@ -12,6 +13,14 @@ encoded then stepped until every row finished. CTranslate2 runs `translate_batch
 (engine, setting) runs in its own process (each runtime brings its own thread pool) and the
 rounds alternate engines. Prints the table, writes bench/results/vs_ctranslate2.json and draws
 bench/results/vs_ctranslate2.png (tokens/s against batch size). Timings, not pass/fail.
+
+`--model base` does the same for a model of the paper's base / OPUS-MT layer shape (d_model 512,
+8 heads, d_ff 2048, 6 + 6 layers) with random weights and the default tokenizer's 1,024-piece
+vocabulary (a checkpoint's vocabulary is its tokenizer's; OPUS-MT's 58k would make the output
+projection a larger share of both engines' work), greedy at batch 1 and 32: end-of-sentence is
+suppressed on both sides (this project: the checkpoint's decoding rule `suppress_tokens`;
+CTranslate2: `min_decoding_length`), so both generate CHECK_LIMIT tokens per sentence. Results
+go to vs_ctranslate2_base.json / .png.
 """
 
 from __future__ import annotations
@@ -47,7 +56,11 @@ class Setting:
         return f"{self.search}, batch {self.batch}, {self.threads} thread(s), {self.precision}"
 
 
-def settings(quick: bool) -> list[Setting]:
+def settings(quick: bool, model: str = "default") -> list[Setting]:
+    if model == "base":
+        return [
+            Setting("greedy", batch, threads, "fp32") for threads in (1, 2) for batch in (1, 32)
+        ]
     found = [
         Setting("greedy", batch, threads, "fp32") for threads in (1, 2) for batch in (1, 8, 32, 64)
     ]
@@ -107,7 +120,9 @@ class OurEngine:
 
 
 class CTranslate2Engine:
-    def __init__(self, model_dir: Path, threads: int, beam_size: int, vocab: list[str]) -> None:
+    def __init__(
+        self, model_dir: Path, threads: int, beam_size: int, vocab: list[str], no_eos: bool
+    ) -> None:
         import ctranslate2
 
         self.translator = ctranslate2.Translator(
@@ -116,12 +131,14 @@ class CTranslate2Engine:
         self.beam_size = beam_size
         self.vocab = vocab
         self.ids = {piece: i for i, piece in enumerate(vocab)}
+        self.min_length = CHECK_LIMIT if no_eos else 0  # end-of-sentence suppressed until then
 
     def translate(self, batch: list[list[int]]) -> list[list[int]]:
         results = self.translator.translate_batch(
             [[self.vocab[i] for i in src] for src in batch],
             beam_size=self.beam_size,
             max_decoding_length=CHECK_LIMIT,
+            min_decoding_length=self.min_length,
             length_penalty=1.0,
         )
         return [[self.ids[p] for p in r.hypotheses[0]] for r in results]
@@ -140,14 +157,19 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         vocab = json.loads((work / "vocab.json").read_text())
         engine = CTranslate2Engine(
-            work / f"ct2-{setting.precision}", setting.threads, setting.beam_size, vocab
+            work / f"ct2-{setting.precision}",
+            setting.threads,
+            setting.beam_size,
+            vocab,
+            no_eos=spec.get("no_eos", False),
         )
     groups = batches(sources, setting.batch)
     engine.translate(groups[len(groups) // 2])
     started = time.perf_counter()
     outputs = [out for group in groups for out in engine.translate(group)]
     seconds = time.perf_counter() - started
-    tokens = sum(len(o) + 1 for o in outputs)  # + </s>, as both engines generate it
+    eos = 0 if spec.get("no_eos") else 1  # + </s>, as both engines generate it unless suppressed
+    tokens = sum(len(o) + eos for o in outputs)
     return {"seconds": seconds, "tokens": tokens, "outputs": outputs if spec["outputs"] else None}
 
 
@@ -176,6 +198,51 @@ def _current_bundle(path: Path) -> bool:
     except BundleError:
         return False
     return True
+
+
+def prepare_base(default_checkpoint: Path, work: Path) -> Path:
+    """A random model of the base / OPUS-MT shape in work/checkpoint, its fp32 bundle (decoding
+    rule: end-of-sentence suppressed) in work/bundle and CTranslate2 model in work/ct2-fp32, on
+    the default checkpoint's tokenizer."""
+    import shutil
+
+    import torch
+
+    from bench.ctranslate2_model import convert
+    from export.manifest import NATIVE_DECODING
+    from export.pipeline import export_bundle
+    from model.checkpoint import TOKENIZER_FILE, CheckpointConfig, load_tokenizer, save_weights
+    from model.config import ModelConfig
+    from model.tokenizer import Tokenizer
+    from model.transformer import Transformer
+
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(default_checkpoint)
+    assert isinstance(tokenizer, Tokenizer)
+    vocab = tokenizer.pieces()
+    (work / "vocab.json").write_text(json.dumps(vocab))
+    checkpoint = work / "checkpoint"
+    if not (checkpoint / "config.json").is_file():
+        torch.manual_seed(0)
+        config = ModelConfig.from_name(
+            "base", vocab_size=len(vocab), dropout=0.0, max_positions=256
+        )
+        model = Transformer(config).eval()
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(default_checkpoint / TOKENIZER_FILE, checkpoint / TOKENIZER_FILE)
+        save_weights(checkpoint, model.state_dict())
+        rules = {**NATIVE_DECODING["rules"], "suppress_tokens": [config.eos_id]}
+        saved = CheckpointConfig(
+            model=config,
+            languages=list(tokenizer.languages),
+            generation={**NATIVE_DECODING, "rules": rules},
+        )
+        (checkpoint / "config.json").write_text(json.dumps(saved.to_dict(), indent=2) + "\n")
+    if not _current_bundle(work / "bundle"):
+        export_bundle(checkpoint, work / "bundle", "fp32", [])
+    if not (work / "ct2-fp32" / "model.bin").is_file():
+        convert(checkpoint, work / "ct2-fp32")
+    return work / "bundle"
 
 
 def prepare(checkpoint: Path, work: Path) -> None:
@@ -229,37 +296,56 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default")
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "default")
     parser.add_argument("--work", type=Path, default=Path("/tmp/vs_ct2"))
-    parser.add_argument("--sentences", type=int, default=1024, help="timed test sentences")
+    parser.add_argument(
+        "--sentences", type=int, help="timed test sentences (default 1024; 128 with --model base)"
+    )
     parser.add_argument("--check-sentences", type=int, default=0, help="0: the whole test split")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="batch 1 and 32, and beam 4 only")
+    parser.add_argument(
+        "--model", choices=("default", "base"), default="default",
+        help="base: a random model of the base / OPUS-MT shape, end-of-sentence suppressed",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    prepare(args.checkpoint, args.work)
+    base = args.model == "base"
+    args.sentences = args.sentences or (128 if base else 1024)
+    bundle = args.bundle
+    if base:
+        args.work = args.work / "base"
+        bundle = prepare_base(args.checkpoint, args.work)
+    else:
+        prepare(args.checkpoint, args.work)
     # Workers read the sources from a file: building them imports torch, whose OpenMP runtime
     # beside CTranslate2's slows CTranslate2's 2-thread runs several times.
     (args.work / "sources.json").write_text(json.dumps(test_sources(args.checkpoint, 0)))
     common = {
         "checkpoint": str(args.checkpoint),
-        "bundle": str(args.bundle),
+        "bundle": str(bundle),
         "work": str(args.work),
+        "no_eos": base,
     }
-    check = Setting("greedy", 64, 2, "fp32")
+    check = Setting("greedy", 64 if not base else 32, 2, "fp32")
+    check_sentences = args.sentences if base else args.check_sentences
     outputs = {
         engine: run_worker(
             {**common, "engine": engine, "setting": asdict(check), "outputs": True,
-             "sentences": args.check_sentences}
+             "sentences": check_sentences}
         )["outputs"]
         for engine in ("ours", "ctranslate2")
     }  # fmt: skip
     identical = sum(a == b for a, b in zip(outputs["ours"], outputs["ctranslate2"], strict=True))
-    print(f"greedy outputs identical on {identical:,} of {len(outputs['ours']):,} test sentences")
+    lengths = {len(o) for engine in outputs.values() for o in engine}
+    print(
+        f"greedy outputs identical on {identical:,} of {len(outputs['ours']):,} test sentences"
+        + (f" (output lengths {sorted(lengths)})" if base else "")
+    )
     figures: dict[tuple[str, Setting], list[float]] = {}
     for round_index in range(args.rounds):
-        for setting in settings(args.quick):
+        for setting in settings(args.quick, args.model):
             engines = ("ours", "ctranslate2") if round_index % 2 == 0 else ("ctranslate2", "ours")
             for engine in engines:
                 result = run_worker(
@@ -271,7 +357,7 @@ def main() -> None:
                 )
         print(f"round {round_index + 1} of {args.rounds} done")
     rows = []
-    for setting in settings(args.quick):
+    for setting in settings(args.quick, args.model):
         ours = statistics.median(figures[("ours", setting)])
         theirs = statistics.median(figures[("ctranslate2", setting)])
         rows.append(
@@ -280,14 +366,15 @@ def main() -> None:
              "checked": len(outputs["ours"])}
         )  # fmt: skip
     print(f"\n{'setting':<42}{'this project':>14}{'CTranslate2':>13}{'ratio':>8}")
-    for row, setting in zip(rows, settings(args.quick), strict=True):
+    for row, setting in zip(rows, settings(args.quick, args.model), strict=True):
         print(
             f"{setting.label():<42}{row['ours_tokens_per_s']:>14,}"
             f"{row['ctranslate2_tokens_per_s']:>13,}{row['ratio']:>8.2f}"
         )
-    write_results("vs_ctranslate2", rows)
-    plot(rows, ROOT / "bench" / "results" / "vs_ctranslate2.png")
-    print("drawn: bench/results/vs_ctranslate2.png")
+    name = "vs_ctranslate2_base" if base else "vs_ctranslate2"
+    write_results(name, rows)
+    plot(rows, ROOT / "bench" / "results" / f"{name}.png")
+    print(f"drawn: bench/results/{name}.png")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The decoder-step graph, built operator by operator from the model's weights.
 
-`torch.onnx.export` of `decode_step` gives ~170 small nodes per step and a self-attention cache
-that grows by a concatenation each step. This builder writes the same arithmetic with ONNX
-Runtime's fused attention operators instead (shared/research/onnx_export.md, contrib operators):
+`torch.onnx.export` of `decode_step` gave ~170 small nodes per step and a self-attention cache
+that grew by a concatenation each step (bundle format 2). This builder writes the same arithmetic
+with ONNX Runtime's fused attention operators instead:
 
   * self-attention: `com.microsoft.GroupQueryAttention` (as many KV heads as query heads) over a
     fixed-capacity cache (B, H, M, Dh). Row b's first `past_lengths[b]` slots hold its past; the
@@ -12,7 +12,8 @@ Runtime's fused attention operators instead (shared/research/onnx_export.md, con
   * cross-attention: `com.microsoft.MultiHeadAttention` over the encoder's K/V (B, H, S, Dh)
     with the source padding mask.
   * every linear layer one `Gemm` (bias and transposed weight folded in), LayerNormalization,
-    the tied output projection a `Gemm` on the embedding itself (no transposed copy).
+    the tied output projection a `Gemm` on the embedding itself (no transposed copy); the
+    operators themselves are written by `export.onnx_builder`.
 
 One step is one token per row (T = 1): x is (B, D) throughout, (B, 1, D) only inside attention.
 Graph I/O names follow `service.bundle.decoder_input_names` / `decoder_output_names`; the
@@ -22,82 +23,15 @@ parity gate (`export.parity`) checks it against PyTorch's `decode_step`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from export.onnx_export import OPSET
+from export.onnx_builder import CONTRIB, GraphBuilder, finish_model
 from model.transformer import DecoderLayer, Transformer
 from service.bundle import decoder_input_names, decoder_output_names
-
-IR_VERSION = 10  # ONNX 1.16: readable by every onnxruntime this service supports
-CONTRIB = "com.microsoft"
-
-
-class _Builder:
-    """Nodes and initializers of one graph; every name is unique by construction."""
-
-    def __init__(self, dtype: np.dtype, gemm: bool) -> None:
-        self.dtype = dtype
-        self.gemm = gemm
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-
-    def constant(self, name: str, value: np.ndarray | torch.Tensor, cast: bool = True) -> str:
-        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
-        if cast:
-            array = array.astype(self.dtype)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], name: str, domain: str = "", **attrs: Any) -> str:
-        self.nodes.append(
-            helper.make_node(op_type, inputs, [name], name=name, domain=domain, **attrs)
-        )
-        return name
-
-    def op_multi(
-        self, op_type: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs: Any
-    ) -> list[str]:
-        self.nodes.append(
-            helper.make_node(op_type, inputs, outputs, name=outputs[0], domain=domain, **attrs)
-        )
-        return outputs
-
-    def dense(self, x: str, weight: torch.Tensor, bias: torch.Tensor | None, name: str) -> str:
-        """x (B, in) @ weight (out, in).T + bias (out,) -> (B, out): one Gemm on the weight as
-        stored, or (`gemm` off) MatMul on its transpose then Add, the form that weight-only
-        quantization rewrites."""
-        if self.gemm:
-            inputs = [x, self.constant(f"{name}.weight", weight)]
-            if bias is not None:
-                inputs.append(self.constant(f"{name}.bias", bias))
-            return self.op("Gemm", inputs, name, transB=1)
-        product = self.op("MatMul", [x, self.constant(f"{name}.weight_t", weight.T)], name)
-        if bias is None:
-            return product
-        return self.op("Add", [product, self.constant(f"{name}.bias", bias)], f"{name}.biased")
-
-    def linear(self, x: str, module: torch.nn.Linear, name: str) -> str:
-        """x (B, in) -> (B, out)."""
-        return self.dense(x, module.weight, module.bias, name)
-
-    def layer_norm(self, x: str, module: torch.nn.LayerNorm, name: str) -> str:
-        scale = self.constant(f"{name}.weight", module.weight)
-        bias = self.constant(f"{name}.bias", module.bias)
-        return self.op("LayerNormalization", [x, scale, bias], name, axis=-1, epsilon=module.eps)
-
-    def activation(self, x: str, kind: str, name: str) -> str:
-        if kind == "relu":
-            return self.op("Relu", [x], name)
-        if kind == "gelu":  # exact (erf) GELU, as torch's F.gelu
-            return self.op("Gelu", [x], name, domain=CONTRIB)
-        if kind == "swish":
-            return self.op("Mul", [x, self.op("Sigmoid", [x], f"{name}.sigmoid")], name)
-        raise ValueError(f"activation {kind!r} has no decoder-graph form")
 
 
 class _Names:
@@ -121,7 +55,7 @@ class _Names:
 
 
 def _decoder_layer(
-    g: _Builder, x: str, layer: DecoderLayer, i: int, names: _Names, pre_norm: bool, act: str
+    g: GraphBuilder, x: str, layer: DecoderLayer, i: int, names: _Names, pre_norm: bool, act: str
 ) -> str:
     """One decoder layer on x (B, D) -> (B, D)."""
     heads = layer.self_attn.n_heads
@@ -179,7 +113,7 @@ def build_decoder_graph(model: Transformer, gemm: bool = True) -> onnx.ModelProt
     elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
     n = config.n_decoder_layers
     names = _Names(n)
-    g = _Builder(dtype, gemm)
+    g = GraphBuilder(dtype, gemm)
     g.constant("axis1", np.array([1], dtype=np.int64), cast=False)
     pre_norm = config.norm_position == "pre"
 
@@ -234,11 +168,7 @@ def build_decoder_graph(model: Transformer, gemm: bool = True) -> onnx.ModelProt
         for name in kv
     ]
     assert [i.name for i in inputs] == names.inputs and [o.name for o in outputs] == names.outputs
-    graph = helper.make_graph(g.nodes, "decoder_step", inputs, outputs, g.initializers)
-    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(CONTRIB, 1)]
-    model_proto = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION)
-    onnx.checker.check_model(model_proto)
-    return model_proto
+    return finish_model(g, "decoder_step", inputs, outputs)
 
 
 def export_decoder(model: Transformer, path: Path, gemm: bool = True) -> None:

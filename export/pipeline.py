@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from export.decoder_graph import export_decoder
+from export.encoder_graph import export_encoder
 from export.hf_parity import transformers_logits_diff
 from export.manifest import build_manifest
-from export.onnx_export import OPSET, export_encoder
+from export.onnx_builder import OPSET
 from export.parity import TOLERANCE, ParityError, check_parity
 from export.quality import score_bundle
 from export.quantize import quantize_int8

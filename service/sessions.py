@@ -153,7 +153,8 @@ class _StepBinding:
     Each self-attention cache tensor is bound by address, its first B rows, as both the `past`
     input and the `present` output: GroupQueryAttention sees one buffer and writes the new slot
     in place. The cross K/V, the source mask and the logits buffer are rebound only when they
-    change (rows join or leave), so a step in a steady batch binds three small inputs and runs.
+    change (rows join or leave); the small inputs are arrays bound by address as well, so a step in
+    a steady batch writes them and runs.
     """
 
     def __init__(
@@ -174,6 +175,10 @@ class _StepBinding:
         ]
         self._bound: tuple[Any, ...] = ()  # (rows, cache, cross, src_mask) last bound
         self._logits = np.empty((0, vocab), dtype=np.float32)
+        self._mask = np.zeros((0, 0), dtype=np.int64)  # (B, S) the inputs, bound by address
+        self._tokens = np.zeros(0, dtype=np.int64)  # (B,)
+        self._lengths = np.zeros(0, dtype=np.int32)  # (B,)
+        self._total = np.zeros((), dtype=np.int32)  # ()
 
     def run(
         self,
@@ -184,14 +189,13 @@ class _StepBinding:
         cross: KVCache,
     ) -> np.ndarray:
         rows = len(tokens)
-        binding = self._binding
         if not _same(self._bound, (rows, cache, cross, src_mask)):
             self._bind_batch(rows, cache, cross, src_mask)
-        lengths = past_lengths.astype(np.int32)
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(tokens, dtype=np.int64))
-        binding.bind_cpu_input("past_lengths", lengths)
-        binding.bind_cpu_input("total_length", np.array(lengths.max() + 1, dtype=np.int32))
-        self._session.run_with_iobinding(binding)
+        # the small inputs are bound by address too: a step only writes them
+        self._tokens[:] = tokens
+        self._lengths[:] = past_lengths
+        self._total[...] = self._lengths.max() + 1
+        self._session.run_with_iobinding(self._binding)
         return self._logits
 
     def _bind_batch(self, rows: int, cache: KVCache, cross: KVCache, src_mask: np.ndarray) -> None:
@@ -208,7 +212,17 @@ class _StepBinding:
                 )
             else:
                 binding.bind_ortvalue_input(name, cross[k])
-        binding.bind_cpu_input("encoder_attention_mask", np.ascontiguousarray(src_mask))
+        self._mask = np.ascontiguousarray(src_mask, dtype=np.int64)  # (B, S)
+        self._tokens = np.zeros(rows, dtype=np.int64)
+        self._lengths = np.zeros(rows, dtype=np.int32)
+        self._total = np.zeros((), dtype=np.int32)
+        for name, array in (
+            ("encoder_attention_mask", self._mask),
+            ("input_ids", self._tokens),
+            ("past_lengths", self._lengths),
+            ("total_length", self._total),
+        ):
+            binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         dtype = self._rows_of(cache[0], rows)[2]
         self._logits = np.empty((rows, self._vocab), dtype=dtype)
         binding.bind_output(

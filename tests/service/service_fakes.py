@@ -171,7 +171,8 @@ class ToySessions:
         source = ((cross[2][:, 0, :, 0] + 1) * src_mask).sum(axis=1).astype(np.int64)  # (B,)
         state = (history * 1_000_003 + source * 7_919 + past_lengths) % 1_000_000_007
         ids = np.arange(self.vocab, dtype=np.int64)
-        logits: np.ndarray = ((state[:, None] * 2_654_435_761 + ids * 40_503) % 997).astype(np.float32) / 50
+        hashed = (state[:, None] * 2_654_435_761 + ids * 40_503) % 997  # (B, V)
+        logits: np.ndarray = hashed.astype(np.float32) / 50
         ended = past_lengths >= 8 + source % 25  # (B,)
         logits[:, EOS] = np.where(ended, 100.0, -100.0)
         return logits
