@@ -110,7 +110,7 @@ class Metrics:
         self.padding_efficiency = Histogram(
             "translator_padding_efficiency",
             "Real / padded tokens of a batch: stage=encoder (source tokens of an encoder batch),"
-            " stage=decoder (self-attention slots of a decoder step).",
+            " stage=decoder (source slots the cross-attention of a decoder step reads).",
             ["stage", "model"],
             buckets=RATIO_BUCKETS,
             registry=r,

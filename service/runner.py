@@ -72,6 +72,16 @@ class _Batch:
 
 
 MIN_SLOTS = 32  # the cache's first slot capacity; it doubles when a row needs more
+KEEP_CACHE_BYTES = 64 << 20  # an idle runner keeps a cache up to this size for the next rows
+
+
+def _nbytes(cache: KVCache) -> int:
+    """Bytes of a cache: one stacked host array, or a list of device OrtValues."""
+    if isinstance(cache, np.ndarray):
+        return int(cache.nbytes)
+    shape = cache[0].shape()
+    itemsize = 2 if cache[0].data_type() == "tensor(float16)" else 4
+    return len(cache) * int(np.prod(shape)) * itemsize
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,12 +150,21 @@ class Seq2SeqRunner:
         return 0 if self._batch is None else len(self._batch.seq_of_row)
 
     def reset(self) -> None:
-        """Forget every row (after a runtime failure, or when the last one finished); the cache
-        goes too, so an idle runner holds no memory for the peak it once served."""
+        """Forget every row and the cache (after a runtime failure)."""
         self._batch = None
         self._cache = None
         self._capacity = (0, 0)
         self._searches = {}
+
+    def _empty(self) -> None:
+        """The last row finished or left. The cache stays for the next rows (no allocation, no
+        rebinding), unless it holds more than KEEP_CACHE_BYTES: an idle runner then gives
+        back the memory of a peak it once served."""
+        self._batch = None
+        self._searches = {}
+        if self._cache is not None and _nbytes(self._cache) > KEEP_CACHE_BYTES:
+            self._cache = None
+            self._capacity = (0, 0)
 
     def encode(self, jobs: Sequence[SegmentJob]) -> EncodedSegments:
         """Run the encoder on `jobs` (groups of similar source length, one run each); their rows
@@ -190,7 +209,7 @@ class Seq2SeqRunner:
         parents, tokens, updates = self._select(logits)
         batch.positions = batch.positions + 1
         if len(parents) == 0:
-            self.reset()
+            self._empty()
         else:
             self._reorder(parents, tokens)
         return StepResult(tuple(updates), rows, step_seconds, padding)
@@ -297,7 +316,7 @@ class Seq2SeqRunner:
         segments."""
         assert self._batch is not None
         if len(rows) == 0:
-            self.reset()
+            self._empty()
             return
         b = self._batch
         if self._cache is not None:

@@ -173,7 +173,8 @@ class _StepBinding:
         self._cross = [
             f"past_key_values.{i}.encoder.{kv}" for i in range(n_layers) for kv in ("key", "value")
         ]
-        self._bound: tuple[Any, ...] = ()  # (rows, cache, cross, src_mask) last bound
+        self._bound_cache: tuple[Any, ...] = ()  # (rows, cache) last bound
+        self._bound_batch: tuple[Any, ...] = ()  # (rows, cross, src_mask) last bound
         self._logits = np.empty((0, vocab), dtype=np.float32)
         self._mask = np.zeros((0, 0), dtype=np.int64)  # (B, S) the inputs, bound by address
         self._tokens = np.zeros(0, dtype=np.int64)  # (B,)
@@ -189,8 +190,10 @@ class _StepBinding:
         cross: KVCache,
     ) -> np.ndarray:
         rows = len(tokens)
-        if not _same(self._bound, (rows, cache, cross, src_mask)):
-            self._bind_batch(rows, cache, cross, src_mask)
+        if not _same(self._bound_cache, (rows, cache)):
+            self._bind_cache(rows, cache)
+        if not _same(self._bound_batch, (rows, cross, src_mask)):
+            self._bind_batch(rows, cross, src_mask)
         # the small inputs are bound by address too: a step only writes them
         self._tokens[:] = tokens
         self._lengths[:] = past_lengths
@@ -198,12 +201,17 @@ class _StepBinding:
         self._session.run_with_iobinding(self._binding)
         return self._logits
 
-    def _bind_batch(self, rows: int, cache: KVCache, cross: KVCache, src_mask: np.ndarray) -> None:
-        binding = self._binding
+    def _bind_cache(self, rows: int, cache: KVCache) -> None:
+        """The first `rows` rows of every cache tensor, as past and as present."""
         for k, (past, present) in enumerate(self._past):
             address, shape, dtype = self._rows_of(cache[k], rows)
-            binding.bind_input(past, self._device, 0, dtype, shape, address)
-            binding.bind_output(present, self._device, 0, dtype, shape, address)
+            self._binding.bind_input(past, self._device, 0, dtype, shape, address)
+            self._binding.bind_output(present, self._device, 0, dtype, shape, address)
+        self._bound_cache = (rows, cache)  # bound by address: kept alive while bound
+
+    def _bind_batch(self, rows: int, cross: KVCache, src_mask: np.ndarray) -> None:
+        """The cross K/V, the source mask, the small inputs and the logits of `rows` rows."""
+        binding = self._binding
         for k, name in enumerate(self._cross):
             if self._on_host:
                 tensor = cross[k]
@@ -223,13 +231,16 @@ class _StepBinding:
             ("total_length", self._total),
         ):
             binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-        dtype = self._rows_of(cache[0], rows)[2]
-        self._logits = np.empty((rows, self._vocab), dtype=dtype)
+        self._logits = np.empty((rows, self._vocab), dtype=self._float_dtype(cross[0]))
         binding.bind_output(
-            "logits", "cpu", 0, dtype, list(self._logits.shape), self._logits.ctypes.data
+            "logits", "cpu", 0, self._logits.dtype, [rows, self._vocab], self._logits.ctypes.data
         )
-        # the arrays bound by address must live as long as the binding uses them
-        self._bound = (rows, cache, cross, src_mask)
+        self._bound_batch = (rows, cross, src_mask)  # bound by address: kept alive while bound
+
+    def _float_dtype(self, tensor: Any) -> Any:
+        if self._on_host:
+            return tensor.dtype
+        return np.float16 if tensor.data_type() == "tensor(float16)" else np.float32
 
     def _rows_of(self, tensor: Any, rows: int) -> tuple[int, list[int], Any]:
         """Address, shape (rows, H, M, Dh) and numpy dtype of the first `rows` rows of a cache
@@ -237,9 +248,7 @@ class _StepBinding:
         if self._on_host:
             assert tensor.flags.c_contiguous
             return tensor.ctypes.data, [rows, *tensor.shape[1:]], tensor.dtype
-        shape = tensor.shape()
-        dtype = np.float16 if tensor.data_type() == "tensor(float16)" else np.float32
-        return tensor.data_ptr(), [rows, *shape[1:]], dtype
+        return tensor.data_ptr(), [rows, *tensor.shape()[1:]], self._float_dtype(tensor)
 
 
 def _same(bound: tuple[Any, ...], now: tuple[Any, ...]) -> bool:

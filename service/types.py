@@ -111,7 +111,7 @@ class StepResult:
     updates: tuple[SegmentUpdate, ...]  # one per segment that committed tokens or finished
     rows: int  # rows in the decoder step (0: no step ran)
     step_seconds: float  # decoder step wall time
-    decoder_padding: float = 1.0  # real / total self-attention slots of the step, in (0, 1]
+    decoder_padding: float = 1.0  # real / total cross-attention source slots of the step, (0, 1]
 
 
 @dataclass(frozen=True)
