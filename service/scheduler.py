@@ -5,20 +5,20 @@ Request path: `translate()` / `stream()` put one ticket per segment in the queue
 with QueueFullError / DrainingError) and await its updates. Two engine threads do the work, each
 in a loop of its own, neither waiting for the event loop:
 
-    encoder:  jobs = self._take_queued()        # expire overdue ones, admit what fits (FIFO)
+    encoder:  jobs = self._book.take_queued(now)   # expire overdue ones, admit what fits (FIFO)
               encoded = self._runner.encode(jobs)
-              self._ready.append(encoded)
-    decoder:  plan = self._plan()               # ready rows join, cancelled rows leave
-              result = self._runner.step(plan)  # one decoder step for every row
-              self._complete(result)            # record tokens, retire finished rows
+              self._book.encoded(encoded)
+    decoder:  plan = self._book.plan(now)         # ready rows join, cancelled rows leave
+              result = self._runner.step(plan)    # one decoder step for every row
+              self._book.complete(result, now)    # record tokens, retire finished rows
 
 so between two decoder steps finished rows leave and newly admitted segments join, and the
 encoder runs of newcomers overlap the decoder steps of the rows in flight (ONNX Runtime releases
 the GIL: on CPU they run on two cores). The encoder thread only works while rows are decoding
 and is woken once per step; an idle decoder thread encodes newcomers itself, so a lone request
 (or the unbatched server) is never handed between threads. The decoder thread alone owns the
-batch. A segment moves queued -> encoding -> ready -> decoding;
-its rows and tokens stay reserved from admission to its end. Each step's updates reach the
+batch. What waits, what is admitted and what joins or leaves is `admission.Admission`'s pure
+bookkeeping; this module is the threads, the lock and the delivery. Each step's updates reach the
 waiting requests in one `call_soon_threadsafe` callback; the event loop only does gRPC I/O and
 delivery. All state is shared under one lock, held for bookkeeping only, never across a model
 run. A segment whose deadline passes in the queue fails with QueueTimeoutError and never runs; a
@@ -29,17 +29,16 @@ encoder ran joins and leaves in the same step). No onnxruntime import here.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
-from service.errors import DrainingError, EngineError, QueueFullError, QueueTimeoutError
+from service.admission import Admission, Delivery, Ticket
+from service.errors import DrainingError, EngineError, QueueFullError
 from service.metrics import ModelMetrics
 from service.settings import EngineSettings
 from service.types import (
@@ -54,9 +53,6 @@ from service.types import (
 )
 
 log = logging.getLogger(__name__)
-
-Delivery = tuple["_Ticket", SegmentUpdate | BaseException]  # made by the engine, put by the loop
-Stage = Literal["queued", "encoding", "ready", "decoding"]
 
 
 class StepRunner(Protocol):
@@ -76,21 +72,6 @@ class StepRunner(Protocol):
         ...
 
 
-@dataclass(eq=False)
-class _Ticket:
-    """One segment from submission to its last update."""
-
-    job: SegmentJob
-    deadline: float  # monotonic; admission after it fails the segment with QueueTimeoutError
-    streaming: bool  # deliver partial updates, not only the final one
-    submitted: float = field(default_factory=time.monotonic)
-    stage: Stage = "queued"
-    first_token: float | None = None
-    committed: int = 0
-    finished: bool = False  # its waiter has its last update, or is gone
-    updates: asyncio.Queue[SegmentUpdate | BaseException] = field(default_factory=asyncio.Queue)
-
-
 class BatchScheduler:
     """Queue, admission, and the encoder and decoder loops (threads "encoder" and "decoder").
 
@@ -107,15 +88,7 @@ class BatchScheduler:
         self._lock = threading.Lock()  # guards everything below; never held across a model run
         self._encoder_wake = threading.Condition(self._lock)  # the encoder thread may have work
         self._decoder_wake = threading.Condition(self._lock)  # the decoder thread may have work
-        self._queue: collections.deque[_Ticket] = collections.deque()
-        self._active: dict[int, _Ticket] = {}  # seq_id -> ticket, admitted and not finished
-        self._ready: list[EncodedSegments] = []  # encoded, not yet joined
-        self._decoding: set[int] = set()  # seq_ids whose rows are in the runner's batch
-        self._dropped: set[int] = set()  # active seq_ids cancelled, rows not yet released
-        self._rows = 0  # rows reserved by active segments
-        self._tokens = 0  # token budget reserved by active segments
-        self._steps_since_join = 0
-        self._outbox: list[Delivery] = []  # updates made by the engine, not yet handed over
+        self._book = Admission(limits, metrics)
         self._ids = itertools.count()
         self._accepting = False
         self._closing = False
@@ -152,7 +125,7 @@ class BatchScheduler:
     @property
     def idle(self) -> bool:
         with self._lock:
-            return not self._queue and not self._active
+            return self._book.idle
 
     @property
     def alive(self) -> bool:
@@ -214,55 +187,48 @@ class BatchScheduler:
 
     def _submit(
         self, segments: Sequence[Segment], time_left: float | None, streaming: bool
-    ) -> list[_Ticket]:
+    ) -> list[Ticket]:
         wait = (
             self._limits.queue_timeout_s
             if time_left is None
             else min(time_left, self._limits.queue_timeout_s)
         )
-        deadline = time.monotonic() + wait
+        now = time.monotonic()
+        deadline = now + wait
+        queue = self._book.queue
         with self._lock:
             if not self._accepting or self._broken or not self.alive:
                 raise DrainingError("the service is not accepting requests (starting or draining)")
-            if len(self._queue) + len(segments) > self._limits.max_queued_requests:
+            if len(queue) + len(segments) > self._limits.max_queued_requests:
                 raise QueueFullError(
-                    f"queue full: {len(self._queue)} segments waiting, "
+                    f"queue full: {len(queue)} segments waiting, "
                     f"limit {self._limits.max_queued_requests}"
                 )
             tickets = [
-                _Ticket(SegmentJob(next(self._ids), tuple(src), options), deadline, streaming)
+                Ticket(SegmentJob(next(self._ids), tuple(src), options), deadline, streaming, now)
                 for src, options in segments
             ]
-            self._queue.extend(tickets)
-            self._metrics.queue_depth.set(len(self._queue))
-            if not self._decoding:
+            self._book.enqueue(tickets)
+            if not self._book.decoding:
                 self._decoder_wake.notify()  # idle: it encodes them itself
         return tickets
 
-    async def _next(self, ticket: _Ticket) -> SegmentUpdate:
+    async def _next(self, ticket: Ticket) -> SegmentUpdate:
         item = await ticket.updates.get()
         if isinstance(item, BaseException):
             raise item
         return item
 
-    async def _final(self, ticket: _Ticket) -> tuple[Hypothesis, ...]:
+    async def _final(self, ticket: Ticket) -> tuple[Hypothesis, ...]:
         while True:
             update = await self._next(ticket)
             if update.hypotheses is not None:
                 return update.hypotheses
 
-    def _cancel(self, ticket: _Ticket) -> None:
+    def _cancel(self, ticket: Ticket) -> None:
         """The waiter is gone: forget a queued ticket, drop an active one at the next step."""
         with self._lock:
-            if ticket.finished:
-                return
-            ticket.finished = True
-            if ticket.stage == "queued":
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(ticket)
-                self._metrics.queue_depth.set(len(self._queue))
-            else:
-                self._dropped.add(ticket.job.seq_id)
+            self._book.cancel(ticket)
 
     def _deliver(self, deliveries: list[Delivery]) -> None:
         """On the event loop: hand one step's updates to their waiters."""
@@ -292,7 +258,7 @@ class BatchScheduler:
         encodes them itself: no hand-over between threads on a lone request's path)."""
         while True:
             with self._lock:
-                while not (jobs := self._take_queued() if self._decoding else []):
+                while not (jobs := self._take_queued() if self._book.decoding else []):
                     if self._broken or self._closing:
                         return  # what is still queued, the decoder thread encodes when idle
                     self._encoder_wake.wait()
@@ -303,10 +269,10 @@ class BatchScheduler:
             jobs: list[SegmentJob] = []
             with self._lock:
                 plan = self._plan()
-                while not (plan.admit or plan.drop or self._decoding):
-                    if self._broken or (self._closing and not self._queue and not self._active):
+                while not (plan.admit or plan.drop or self._book.decoding):
+                    if self._broken or (self._closing and self._book.idle):
                         return
-                    if not self._ready and (jobs := self._take_queued()):
+                    if not self._book.ready and (jobs := self._take_queued()):
                         break
                     self._decoder_wake.wait()
                     plan = self._plan()
@@ -320,11 +286,11 @@ class BatchScheduler:
                 self._runner.reset()
                 with self._lock:
                     error = EngineError("the model failed while decoding this request")
-                    self._fail(set(self._decoding), error)
+                    self._fail(set(self._book.decoding), error)
                     self._flush()
                 continue
             with self._lock:
-                self._complete(result)
+                self._book.complete(result, time.monotonic())
                 self._flush()
 
     def _encode(self, jobs: list[SegmentJob]) -> None:
@@ -343,16 +309,14 @@ class BatchScheduler:
         with self._lock:
             if self._broken:
                 return
-            for job in encoded.jobs:
-                self._active[job.seq_id].stage = "ready"
-            self._ready.append(encoded)
+            self._book.encoded(encoded)
             self._decoder_wake.notify()
 
     def _wake_encoder_if_useful(self) -> None:
         """Called (lock held) once per decoder step and when rows free up outside a step: the
         encoder thread takes what queued since the last step in one run, and a submission costs
         no thread wake-up of its own (on a VM each one costs tens of microseconds)."""
-        if self._decoding and self._queue and self._fits(self._queue[0].job):
+        if self._book.next_fits():
             self._encoder_wake.notify()
 
     def _wake_both(self) -> None:
@@ -361,145 +325,34 @@ class BatchScheduler:
 
     def _flush(self) -> None:
         """Hand the outbox to the event loop in one callback (lock held)."""
-        if not self._outbox:
+        if not self._book.outbox:
             return
-        deliveries, self._outbox = self._outbox, []
+        deliveries, self._book.outbox = self._book.outbox, []
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody waits
             self._loop.call_soon_threadsafe(self._deliver, deliveries)
 
     def _take_queued(self) -> list[SegmentJob]:
-        """Encoder side: expire overdue queued segments, admit what fits (FIFO)."""
-        now = time.monotonic()
-        self._expire_overdue(now)
-        jobs: list[SegmentJob] = []
-        while self._queue and self._fits(self._queue[0].job):
-            ticket = self._queue.popleft()
-            self._admit(ticket, now)
-            jobs.append(ticket.job)
+        """Expire overdue queued segments, admit what fits (lock held)."""
+        jobs = self._book.take_queued(time.monotonic())
         self._flush()
-        self._metrics.queue_depth.set(len(self._queue))
-        self._metrics.active_rows.set(self._rows)
         return jobs
 
     def _plan(self) -> StepPlan:
-        """Decoder side: encoded segments join (at most every `admit_every_steps` steps while
-        rows are decoding), cancelled ones leave; overdue queued segments expire."""
-        admit: tuple[EncodedSegments, ...] = ()
-        every = self._limits.admit_every_steps
-        if self._ready and (not self._decoding or self._steps_since_join >= every):
-            admit, self._ready = tuple(self._ready), []
-            self._steps_since_join = 0
-            for encoded in admit:
-                for job in encoded.jobs:
-                    self._active[job.seq_id].stage = "decoding"
-                    self._decoding.add(job.seq_id)
-        drop = frozenset(self._dropped & self._decoding)
-        if drop:
-            self._dropped -= drop
-            self._decoding -= drop
-            for seq_id in drop:
-                self._release(self._active.pop(seq_id))
-        self._expire_overdue(time.monotonic())
+        """The next step's plan (lock held); wakes the encoder thread when a newcomer fits."""
+        plan = self._book.plan(time.monotonic())
         self._wake_encoder_if_useful()
         self._flush()
-        self._metrics.queue_depth.set(len(self._queue))
-        self._metrics.active_rows.set(self._rows)
-        return StepPlan(admit, drop)
-
-    def _fits(self, job: SegmentJob) -> bool:
-        if not self._active:
-            return True  # validation keeps single jobs within the limits; never deadlock
-        return (
-            self._rows + job.rows <= self._limits.max_active_rows
-            and self._tokens + job.token_budget <= self._limits.max_tokens_in_flight
-        )
-
-    def _admit(self, ticket: _Ticket, now: float) -> None:
-        ticket.stage = "encoding"
-        self._active[ticket.job.seq_id] = ticket
-        self._rows += ticket.job.rows
-        self._tokens += ticket.job.token_budget
-        self._metrics.queue_wait.observe(now - ticket.submitted)
-        self._metrics.input_tokens.inc(len(ticket.job.src_ids))
-
-    def _expire_overdue(self, now: float) -> None:
-        """Fail every queued segment whose deadline has passed; they never run."""
-        if not any(now >= ticket.deadline for ticket in self._queue):
-            return
-        waiting: collections.deque[_Ticket] = collections.deque()
-        for ticket in self._queue:
-            if now < ticket.deadline:
-                waiting.append(ticket)
-                continue
-            ticket.finished = True
-            waited = now - ticket.submitted
-            error = QueueTimeoutError(
-                f"deadline exceeded after {waited:.3f} s in the queue; not run"
-            )
-            self._outbox.append((ticket, error))
-        self._queue = waiting
-
-    def _release(self, ticket: _Ticket) -> None:
-        self._rows -= ticket.job.rows
-        self._tokens -= ticket.job.token_budget
-
-    def _complete(self, result: StepResult) -> None:
-        """Record the step, queue updates for delivery, retire finished segments."""
-        self._metrics.observe_step(result)
-        self._steps_since_join += 1
-        now = time.monotonic()
-        for update in result.updates:
-            ticket = self._active.get(update.seq_id)
-            if ticket is None or update.seq_id in self._dropped:
-                continue  # cancelled while the step ran
-            if ticket.first_token is None and update.committed:
-                ticket.first_token = now
-                self._metrics.time_to_first_token.observe(now - ticket.submitted)
-            grew = len(update.committed) > ticket.committed
-            ticket.committed = len(update.committed)
-            if update.hypotheses is not None:
-                self._finish(ticket, update, now)
-            elif grew and ticket.streaming:
-                self._outbox.append((ticket, update))
-        self._metrics.active_rows.set(self._rows)
-
-    def _finish(self, ticket: _Ticket, update: SegmentUpdate, now: float) -> None:
-        assert update.hypotheses is not None
-        del self._active[ticket.job.seq_id]
-        self._decoding.discard(ticket.job.seq_id)
-        self._release(ticket)
-        ticket.finished = True
-        self._outbox.append((ticket, update))
-        produced = len(update.hypotheses[0].ids)
-        self._metrics.output_tokens.inc(produced)
-        if ticket.first_token is not None and produced > 1:
-            self._metrics.time_per_output_token.observe((now - ticket.first_token) / (produced - 1))
+        return plan
 
     def _fail(self, seq_ids: set[int], error: EngineError) -> None:
-        """The segments `seq_ids` (admitted) fail with `error` and release their rows."""
-        for seq_id in seq_ids:
-            ticket = self._active.pop(seq_id, None)
-            if ticket is None:
-                continue  # already failed by `_break`
-            self._release(ticket)
-            if not ticket.finished:
-                ticket.finished = True
-                self._outbox.append((ticket, error))
-        self._decoding -= seq_ids
-        self._dropped -= seq_ids
-        self._metrics.active_rows.set(self._rows)
+        """The segments `seq_ids` (admitted) fail with `error` (lock held)."""
+        self._book.fail(seq_ids, error)
         self._wake_both()  # rows freed: a queued segment may fit, for whichever thread is idle
 
     def _break(self) -> None:
         """An engine loop crashed: every pending segment fails, both loops stop."""
         self._broken = True
-        self._fail(set(self._active), EngineError("the engine stopped while decoding this request"))
-        for ticket in self._queue:
-            ticket.finished = True
-            self._outbox.append((ticket, EngineError("the engine stopped; not run")))
-        self._queue.clear()
-        self._metrics.queue_depth.set(0)
-        self._ready.clear()
+        self._book.fail_everything()
         self._flush()
         self._wake_both()
