@@ -65,7 +65,7 @@ def settings(quick: bool, model: str = "default") -> list[Setting]:
         Setting("greedy", batch, threads, "fp32") for threads in (1, 2) for batch in (1, 8, 32, 64)
     ]
     found += [Setting("beam4", 8, threads, "fp32") for threads in (1, 2)]
-    found += [Setting("greedy", 32, threads, "int8") for threads in (1, 2)]
+    found += [Setting("greedy", batch, threads, "int8") for threads in (1, 2) for batch in (1, 32)]
     if quick:
         found = [s for s in found if s.batch in (1, 32) or s.search == "beam4"]
     return found
