@@ -94,13 +94,7 @@ def _decoder_layer(
     x = g.op("Add", [x, g.linear(context, cross.out_proj, f"{p}.cross_out")], f"{p}.residual2")
     if not pre_norm:
         x = g.layer_norm(x, layer.norm2, f"{p}.norm2")
-    # feed-forward
-    h = g.layer_norm(x, layer.norm3, f"{p}.norm3") if pre_norm else x
-    inner = g.activation(g.linear(h, layer.ffn.inner, f"{p}.ffn_inner"), act, f"{p}.ffn_act")
-    x = g.op("Add", [x, g.linear(inner, layer.ffn.outer, f"{p}.ffn_outer")], f"{p}.residual3")
-    if not pre_norm:
-        x = g.layer_norm(x, layer.norm3, f"{p}.norm3")
-    return x
+    return g.feed_forward(x, layer.ffn, layer.norm3, pre_norm, act, f"{p}.ffn")
 
 
 @torch.no_grad()

@@ -43,12 +43,7 @@ def _encoder_layer(
     x = g.op("Add", [x, g.linear(context, attn.out_proj, f"{p}.out")], f"{p}.residual1")
     if not pre_norm:
         x = g.layer_norm(x, layer.norm1, f"{p}.norm1")
-    h = g.layer_norm(x, layer.norm2, f"{p}.norm2") if pre_norm else x
-    inner = g.activation(g.linear(h, layer.ffn.inner, f"{p}.ffn_inner"), act, f"{p}.ffn_act")
-    x = g.op("Add", [x, g.linear(inner, layer.ffn.outer, f"{p}.ffn_outer")], f"{p}.residual2")
-    if not pre_norm:
-        x = g.layer_norm(x, layer.norm2, f"{p}.norm2")
-    return x
+    return g.feed_forward(x, layer.ffn, layer.norm2, pre_norm, act, f"{p}.ffn")
 
 
 def _cross_kv(g: GraphBuilder, memory: str, layer: DecoderLayer, i: int, names: list[str]) -> None:

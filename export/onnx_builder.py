@@ -12,6 +12,8 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from model.transformer import FeedForward
+
 OPSET = 18
 IR_VERSION = 10  # ONNX 1.16: readable by every onnxruntime this service supports
 CONTRIB = "com.microsoft"
@@ -69,6 +71,22 @@ class GraphBuilder:
         scale = self.constant(f"{name}.weight", module.weight)
         bias = self.constant(f"{name}.bias", module.bias)
         return self.op("LayerNormalization", [x, scale, bias], name, axis=-1, epsilon=module.eps)
+
+    def feed_forward(
+        self,
+        x: str,
+        ffn: FeedForward,
+        norm: torch.nn.LayerNorm,
+        pre_norm: bool,
+        activation: str,
+        name: str,
+    ) -> str:
+        """The position-wise FFN sublayer with its residual and LayerNorm (before it under
+        pre-LN, after the residual under post-LN): x (..., D) -> (..., D)."""
+        h = self.layer_norm(x, norm, f"{name}.norm") if pre_norm else x
+        inner = self.activation(self.linear(h, ffn.inner, f"{name}.inner"), activation, name)
+        x = self.op("Add", [x, self.linear(inner, ffn.outer, f"{name}.outer")], f"{name}.residual")
+        return x if pre_norm else self.layer_norm(x, norm, f"{name}.norm")
 
     def activation(self, x: str, kind: str, name: str) -> str:
         if kind == "relu":
