@@ -15,8 +15,8 @@ rounds alternate engines. Prints the table, writes bench/results/vs_ctranslate2.
 bench/results/vs_ctranslate2.png (tokens/s against batch size). Timings, not pass/fail.
 
 `--model base` does the same for a model of the paper's base / OPUS-MT layer shape (d_model 512,
-8 heads, d_ff 2048, 6 + 6 layers) with random weights and the default tokenizer's 1,024-piece
-vocabulary (a checkpoint's vocabulary is its tokenizer's; OPUS-MT's 58k would make the output
+8 heads, d_ff 2048, 6 + 6 layers) with random weights and the default tokenizer's vocabulary
+(2,048 pieces; a checkpoint's vocabulary is its tokenizer's; OPUS-MT's 58k would make the output
 projection a larger share of both engines' work), greedy at batch 1 and 32: end-of-sentence is
 suppressed on both sides (this project: the checkpoint's decoding rule `suppress_tokens`;
 CTranslate2: `min_decoding_length`), so both generate CHECK_LIMIT tokens per sentence. Results

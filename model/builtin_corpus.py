@@ -348,13 +348,13 @@ ENUMERATED: dict[str, Enumerated] = {
 # Drawn kinds and how often each is drawn.
 DRAWN: dict[str, tuple[Drawn, int]] = {
     "cardinal": (big_cardinal, 24),
-    "date": (date, 34),
+    "date": (date, 32),
     "time": (time_of_day, 5),
     "decimal": (decimal, 7),
     "percent": (percent, 4),
     "currency": (currency, 12),
     "unit": (unit_expression, 14),
-    "name_list": (name_list, 4),
+    "name_list": (name_list, 6),
 }
 KINDS = tuple(dict.fromkeys([*ENUMERATED, *DRAWN]))
 

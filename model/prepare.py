@@ -32,7 +32,7 @@ from model.cli import add_corpus_arguments, corpus_description, run_cli
 from model.config import PRESETS, ModelConfig
 from model.corpus import CorpusError, Pair, iter_pairs, split_of
 from model.shards import TOKENIZER_FILE, ShardWriter, TsvWriter, is_prepared, write_meta
-from model.tokenizer import Tokenizer
+from model.tokenizer import MAX_PIECE_LENGTH, Tokenizer
 
 PairStream = Callable[[], Iterator[Pair]]
 
@@ -102,6 +102,7 @@ def prepare(
     tokenizer_sample: int,
     seed: int,
     source: dict[str, Any],
+    max_piece_length: int = MAX_PIECE_LENGTH,
 ) -> dict[str, Any]:
     """Write the prepared directory `out`; return its metadata."""
     started = time.perf_counter()
@@ -111,7 +112,7 @@ def prepare(
     if not languages:
         raise CorpusError(f"{source['name']}: no sentence pair landed in the train split")
     texts = itertools.chain.from_iterable((p.source, p.target) for p in sample)
-    tokenizer = Tokenizer.train(texts, sorted(languages), config.vocab_size)
+    tokenizer = Tokenizer.train(texts, sorted(languages), config.vocab_size, max_piece_length)
     del sample
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / TOKENIZER_FILE)
@@ -157,6 +158,7 @@ def prepare(
             "test": held_out["test"].count,
         },
         "tokenizer_sample": tokenizer_sample,
+        "max_piece_length": max_piece_length,
         "seed": seed,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -175,6 +177,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--vocab-size", type=int, help="shared vocabulary size (default: preset)")
     parser.add_argument(
+        "--max-piece-length",
+        type=int,
+        default=MAX_PIECE_LENGTH,
+        help="longest vocabulary piece in characters (default %(default)s)",
+    )
+    parser.add_argument(
         "--tokenizer-sample",
         type=int,
         default=200_000,
@@ -191,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise CorpusError(f"--vocab-size: {error}") from None
     if args.tokenizer_sample < 1:
         raise CorpusError(f"--tokenizer-sample must be >= 1, got {args.tokenizer_sample}")
+    if args.max_piece_length < 1:
+        raise CorpusError(f"--max-piece-length must be >= 1, got {args.max_piece_length}")
     stream = pair_stream(args)
     out = args.out.resolve()
     inputs = [Path(args.corpus).resolve()]
@@ -204,7 +214,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         meta = prepare(
-            stream, staging, config, args.tokenizer_sample, args.seed, corpus_description(args)
+            stream,
+            staging,
+            config,
+            args.tokenizer_sample,
+            args.seed,
+            corpus_description(args),
+            args.max_piece_length,
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

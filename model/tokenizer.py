@@ -19,6 +19,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+MAX_PIECE_LENGTH = 16  # sentencepiece's default: the longest piece, in characters
 _LANG_TOKEN = re.compile(r"^<2([a-z]{2,3}(?:_[A-Za-z]+)?)>$")
 _SPACES = str.maketrans({"\u00a0": " ", "\u202f": " ", "\t": " "})
 
@@ -54,14 +55,22 @@ class Tokenizer:
 
     @classmethod
     def train(
-        cls, sentences: Iterable[str], languages: Sequence[str], vocab_size: int
+        cls,
+        sentences: Iterable[str],
+        languages: Sequence[str],
+        vocab_size: int,
+        max_piece_length: int = MAX_PIECE_LENGTH,
     ) -> Tokenizer:
-        """Train a unigram model on `sentences` with one token per target language."""
+        """Train a unigram model on `sentences` with one token per target language; no piece is
+        longer than `max_piece_length` characters."""
+        if max_piece_length < 1:
+            raise ValueError(f"max piece length must be >= 1, got {max_piece_length}")
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),
             model_writer=model,
             vocab_size=vocab_size,
+            max_sentencepiece_length=max_piece_length,
             model_type="unigram",
             character_coverage=1.0,
             normalization_rule_name="identity",

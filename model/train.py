@@ -56,7 +56,7 @@ from model.data import Example, tokenize
 from model.distributed import DEVICES, DeviceError, RankLostError, World, join
 from model.evaluate import evaluate, format_metrics
 from model.shards import TOKENIZER_FILE, TokenizedPairs, is_prepared, read_meta
-from model.tokenizer import Tokenizer
+from model.tokenizer import MAX_PIECE_LENGTH, Tokenizer
 from model.training import (
     RESUMABLE_CHANGES,
     TRAIN_PRESETS,
@@ -85,12 +85,12 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
         raise TrainConfigError(str(error)) from None
 
 
-def train_tokenizer(corpus: Corpus, size: int, world: World) -> Tokenizer:
+def train_tokenizer(corpus: Corpus, size: int, max_piece_length: int, world: World) -> Tokenizer:
     """Rank 0 learns the shared vocabulary and hands it to the other ranks."""
     proto = None
     if world.is_main:
         texts = itertools.chain.from_iterable((p.source, p.target) for p in corpus.train)
-        proto = Tokenizer.train(texts, corpus.languages, size).model_proto
+        proto = Tokenizer.train(texts, corpus.languages, size, max_piece_length).model_proto
     return Tokenizer(world.broadcast(proto))
 
 
@@ -190,6 +190,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
         "--threads", type=int, help="CPU threads per process (default: 2, or the cores / ranks)"
     )
     parser.add_argument("--vocab-size", type=int, help="shared vocabulary size (default: preset)")
+    parser.add_argument(
+        "--max-piece-length",
+        type=int,
+        default=MAX_PIECE_LENGTH,
+        help="longest vocabulary piece in characters (default %(default)s); shorter pieces keep"
+        " long compounds such as Italian and German numbers compositional",
+    )
     parser.add_argument("--dropout", type=float, help="dropout (default: preset; base 0.1)")
     parser.add_argument(
         "--evaluate",
@@ -208,6 +215,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         raise TrainConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_piece_length < 1:
+        raise TrainConfigError(f"--max-piece-length must be >= 1, got {args.max_piece_length}")
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = dataclasses.replace(
         TRAIN_PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None}
@@ -237,7 +246,9 @@ def start_or_resume(
         model, tokenizer, state = resume(args.out, wanted, args.preset)
         check_resumable(args.out, state, train_config, description)
     else:
-        tokenizer = prepared_tokenizer or train_tokenizer(corpus, wanted.vocab_size, world)
+        tokenizer = prepared_tokenizer or train_tokenizer(
+            corpus, wanted.vocab_size, args.max_piece_length, world
+        )
         model = Transformer(dataclasses.replace(wanted, vocab_size=len(tokenizer)))
     return model, tokenizer, state
 

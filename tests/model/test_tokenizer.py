@@ -49,3 +49,23 @@ def test_save_and_load(tiny_tokenizer: Tokenizer, tmp_path) -> None:
     assert loaded.encode_source("March 3, 2021", "it") == tiny_tokenizer.encode_source(
         "March 3, 2021", "it"
     )
+
+
+def test_max_piece_length_bounds_every_piece(tiny_corpus: Corpus) -> None:
+    """Shorter pieces keep compounds compositional: no piece is longer than asked, and the text
+    still round-trips."""
+    texts = [t for p in tiny_corpus.train for t in (p.source, p.target)]
+    default = Tokenizer.train(texts, tiny_corpus.languages, 320)
+    short = Tokenizer.train(texts, tiny_corpus.languages, 320, max_piece_length=4)
+
+    def longest(tokenizer: Tokenizer) -> int:
+        return max(len(piece) for piece in tokenizer.pieces() if not piece.startswith("<"))
+
+    assert longest(short) <= 4 < longest(default)
+    text = tiny_corpus.train[0].target
+    assert short.decode(short.encode_target(text)) == text
+
+
+def test_max_piece_length_must_be_positive(tiny_corpus: Corpus) -> None:
+    with pytest.raises(ValueError, match="max piece length must be >= 1, got 0"):
+        Tokenizer.train(["one"], tiny_corpus.languages, 320, max_piece_length=0)
