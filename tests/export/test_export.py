@@ -81,8 +81,12 @@ def test_parity_gate_catches_a_wrong_graph(tiny_checkpoint, reference, tiny_corp
     model, tokenizer = load_model(tiny_checkpoint)
     layer = model.decoder_layers[0]
     assert isinstance(layer, DecoderLayer)
-    with torch.no_grad():
-        layer.ffn.outer.bias[0] += 0.05  # PyTorch now differs from the graphs
+    with torch.no_grad():  # PyTorch now differs from the graphs: every channel of a bias off by
+        # 0.5, alternating in sign (LayerNorm would remove a shift shared by all channels). The
+        # tiny model's logits are flat enough that a smaller change can stay within the tolerance.
+        signs = torch.ones_like(layer.ffn.outer.bias)
+        signs[1::2] = -1.0
+        layer.ffn.outer.bias.add_(0.5 * signs)
     sources = [tokenizer.encode_source(p.source, p.lang) for p in tiny_corpus.test[:8]]
     with pytest.raises(RuntimeError, match="decoder_max_abs_diff"):
         check_parity(model, reference, sources, gate=True)
