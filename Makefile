@@ -49,7 +49,7 @@ bundle-present:
 serve: bundle-present $(SERVE_STAMP) proto
 	TRANSLATOR_BUNDLE_PATH=$(BUNDLE) $(PY) -m service
 
-# From scratch: train on the built-in corpus (the preset fixes the step count; about 25 minutes on
+# From scratch: train on the built-in corpus (the preset fixes the step count; about 20 minutes on
 # 2 CPU cores), evaluate on its test split, export the fp32 bundle behind the parity gate. The
 # optimizer state (trainer_state.pt, for resuming) and the step log (train_log.jsonl) are not shipped.
 model: $(DEV_STAMP)

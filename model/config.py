@@ -106,7 +106,7 @@ PRESETS: dict[str, ModelConfig] = {
         dropout=0.0,
         max_positions=128,
     ),
-    # The default: 8,000 steps on the built-in corpus, about 25 minutes on 2 CPU cores. A vocabulary
+    # The default: 8,000 steps on the built-in corpus, about 20 minutes on 2 CPU cores. A vocabulary
     # of 2,048 (pieces of at most 8 characters: `make model`) halves the pieces of a country,
     # currency or language name against 1,024 (a name-list pair: 38 -> 20 tokens), so a name is
     # less of a spelling to learn; longer pieces would merge across the parts of Italian and

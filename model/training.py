@@ -94,7 +94,7 @@ RESUMABLE_CHANGES = frozenset(
 # The training schedule of each model preset (model/config.py): how many steps it trains for.
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(max_steps=300, warmup_steps=30, lr_factor=2.0, max_tokens=3000),
-    # The default model: about 25 minutes on 2 CPU cores for the built-in corpus.
+    # The default model: about 20 minutes on 2 CPU cores for the built-in corpus.
     "small": TrainConfig(),
     # The paper's base and big models: 100k and 300k steps of batches of about 25k source and
     # 25k target tokens (section 5.1), so 50k padded tokens in all.
