@@ -54,7 +54,7 @@ serve: bundle-present $(SERVE_STAMP) proto
 # optimizer state (trainer_state.pt, for resuming) and the step log (train_log.jsonl) are not shipped.
 model: $(DEV_STAMP)
 	rm -rf $(CHECKPOINT)
-	$(PY) -m model.train --corpus builtin --preset small --max-piece-length 8 --out $(CHECKPOINT)
+	$(PY) -m model.train --corpus builtin --preset small --out $(CHECKPOINT)
 	$(PY) -m export --checkpoint $(CHECKPOINT) --out $(BUNDLE) --precision fp32
 	rm -f $(CHECKPOINT)/trainer_state.pt $(CHECKPOINT)/train_log.jsonl
 

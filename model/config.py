@@ -107,7 +107,7 @@ PRESETS: dict[str, ModelConfig] = {
         max_positions=128,
     ),
     # The default: 8,000 steps on the built-in corpus, about 20 minutes on 2 CPU cores. A vocabulary
-    # of 2,048 (pieces of at most 8 characters: `make model`) halves the pieces of a country,
+    # of 2,048 (pieces of at most 8 characters: PIECE_LENGTHS) halves the pieces of a country,
     # currency or language name against 1,024 (a name-list pair: 38 -> 20 tokens), so a name is
     # less of a spelling to learn; longer pieces would merge across the parts of Italian and
     # German numbers ("duemilatrecento", "milasett") and make them a spelling instead.
@@ -135,3 +135,7 @@ PRESETS: dict[str, ModelConfig] = {
         max_positions=512,
     ),
 }
+
+# The longest vocabulary piece of each preset's tokenizer, in characters (16: sentencepiece's
+# default). Not part of ModelConfig: the architecture only sees the vocabulary's size.
+PIECE_LENGTHS: dict[str, int] = {"tiny": 16, "small": 8, "base": 16, "big": 16}

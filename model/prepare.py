@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from model.cli import add_corpus_arguments, corpus_description, run_cli
-from model.config import PRESETS, ModelConfig
+from model.config import PIECE_LENGTHS, PRESETS, ModelConfig
 from model.corpus import CorpusError, Pair, iter_pairs, split_of
 from model.shards import TOKENIZER_FILE, ShardWriter, TsvWriter, is_prepared, write_meta
 from model.tokenizer import MAX_PIECE_LENGTH, Tokenizer
@@ -179,8 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--max-piece-length",
         type=int,
-        default=MAX_PIECE_LENGTH,
-        help="longest vocabulary piece in characters (default %(default)s)",
+        help="longest vocabulary piece in characters (default: preset; small 8, others 16)",
     )
     parser.add_argument(
         "--tokenizer-sample",
@@ -199,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise CorpusError(f"--vocab-size: {error}") from None
     if args.tokenizer_sample < 1:
         raise CorpusError(f"--tokenizer-sample must be >= 1, got {args.tokenizer_sample}")
+    pieces = args.max_piece_length
+    args.max_piece_length = PIECE_LENGTHS[args.preset] if pieces is None else pieces
     if args.max_piece_length < 1:
         raise CorpusError(f"--max-piece-length must be >= 1, got {args.max_piece_length}")
     stream = pair_stream(args)

@@ -50,13 +50,13 @@ from model.cli import (
     corpus_from_args,
     run_cli,
 )
-from model.config import PRESETS, ModelConfig
+from model.config import PIECE_LENGTHS, PRESETS, ModelConfig
 from model.corpus import Corpus, CorpusError
 from model.data import Example, tokenize
 from model.distributed import DEVICES, DeviceError, RankLostError, World, join
 from model.evaluate import evaluate, format_metrics
 from model.shards import TOKENIZER_FILE, TokenizedPairs, is_prepared, read_meta
-from model.tokenizer import MAX_PIECE_LENGTH, Tokenizer
+from model.tokenizer import Tokenizer
 from model.training import (
     RESUMABLE_CHANGES,
     TRAIN_PRESETS,
@@ -193,9 +193,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     parser.add_argument(
         "--max-piece-length",
         type=int,
-        default=MAX_PIECE_LENGTH,
-        help="longest vocabulary piece in characters (default %(default)s); shorter pieces keep"
-        " long compounds such as Italian and German numbers compositional",
+        help="longest vocabulary piece in characters (default: preset; small 8, others 16)",
     )
     parser.add_argument("--dropout", type=float, help="dropout (default: preset; base 0.1)")
     parser.add_argument(
@@ -215,6 +213,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         raise TrainConfigError(f"--threads must be >= 1, got {args.threads}")
+    pieces = args.max_piece_length
+    args.max_piece_length = PIECE_LENGTHS[args.preset] if pieces is None else pieces
     if args.max_piece_length < 1:
         raise TrainConfigError(f"--max-piece-length must be >= 1, got {args.max_piece_length}")
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
