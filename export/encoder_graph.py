@@ -3,9 +3,11 @@
 input_ids (B, S), attention_mask (B, S) -> the cross-attention K/V of every decoder layer,
 2L x (B, H, S, Dh): what the decoder step attends to, computed once per source. As in
 `export.decoder_graph`, the attention is ONNX Runtime's fused `com.microsoft.MultiHeadAttention`
-(source padding masked by the attention mask), Q, K and V come from one MatMul, and each decoder
-layer's cross K and V from one more. x stays (B, S, D): the linear layers are MatMul + Add, which
-ONNX Runtime runs as one matrix product over all B * S rows (and weight-only int8 rewrites).
+(source padding masked by the attention mask), Q, K and V come from one linear layer, and each
+decoder layer's cross K and V from one more. x is (N, D) with N = B * S token rows, so that every
+linear layer is one `Gemm` over all of them with its bias (and ReLU, which ONNX Runtime fuses)
+in the same pass (`gemm` off: MatMul + Add, the form weight-only int8 rewrites); only the
+attention sees (B, S, D).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from service.bundle import encoder_input_names, encoder_output_names
 def _encoder_layer(
     g: GraphBuilder, x: str, layer: EncoderLayer, i: int, pre_norm: bool, act: str
 ) -> str:
-    """One encoder layer on x (B, S, D) -> (B, S, D)."""
+    """One encoder layer on x (N, D) -> (N, D)."""
     p = f"encoder{i}"
     attn = layer.self_attn
     h = g.layer_norm(x, layer.norm1, f"{p}.norm1") if pre_norm else x
     qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
     qkv_bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-    qkv = g.dense(h, qkv_weight, qkv_bias, f"{p}.qkv")  # (B, S, 3D)
+    qkv = g.dense(h, qkv_weight, qkv_bias, f"{p}.qkv")  # (N, 3D)
+    qkv = g.op("Reshape", [qkv, "qkv_shape"], f"{p}.qkv3")  # (B, S, 3D)
     q, k, v = g.op_multi("Split", [qkv], [f"{p}.q", f"{p}.k", f"{p}.v"], axis=-1, num_outputs=3)
     context = g.op(
         "MultiHeadAttention",
@@ -40,6 +43,7 @@ def _encoder_layer(
         domain=CONTRIB,
         num_heads=attn.n_heads,
     )  # (B, S, D)
+    context = g.op("Reshape", [context, "rows_shape"], f"{p}.context2")  # (N, D)
     x = g.op("Add", [x, g.linear(context, attn.out_proj, f"{p}.out")], f"{p}.residual1")
     if not pre_norm:
         x = g.layer_norm(x, layer.norm1, f"{p}.norm1")
@@ -47,7 +51,7 @@ def _encoder_layer(
 
 
 def _cross_kv(g: GraphBuilder, memory: str, layer: DecoderLayer, i: int, names: list[str]) -> None:
-    """Decoder layer i's cross K and V of the memory (B, S, D): one MatMul, then
+    """Decoder layer i's cross K and V of the memory (N, D): one linear layer, then
     (B, S, 2, H, Dh) -> (2, B, H, S, Dh) -> the two outputs (B, H, S, Dh)."""
     p = f"cross{i}"
     attn = layer.cross_attn
@@ -61,17 +65,23 @@ def _cross_kv(g: GraphBuilder, memory: str, layer: DecoderLayer, i: int, names: 
 
 
 @torch.no_grad()
-def build_encoder_graph(model: Transformer) -> onnx.ModelProto:
-    """The encoder graph of `model` (fp32 or fp16, as its weights are)."""
+def build_encoder_graph(model: Transformer, gemm: bool = True) -> onnx.ModelProto:
+    """The encoder graph of `model` (fp32 or fp16, as its weights are); `gemm` off writes every
+    linear layer as MatMul + Add (for `export.quantize`)."""
     config = model.config
     torch_dtype = model.embed.tokens.weight.dtype
     dtype = np.dtype(np.float16 if torch_dtype == torch.float16 else np.float32)
     elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
-    heads, head_dim = config.n_heads, config.head_dim
-    g = GraphBuilder(dtype, gemm=False)
+    heads, head_dim, d_model = config.n_heads, config.head_dim, config.d_model
+    g = GraphBuilder(dtype, gemm)
     for name, values in (("axis0", [0]), ("one", [1]), ("two", [2])):
         g.constant(name, np.array(values, dtype=np.int64), cast=False)
-    g.constant("kv_shape", np.array([0, 0, 2, heads, head_dim], dtype=np.int64), cast=False)
+    g.constant("rows_shape", np.array([-1, d_model], dtype=np.int64), cast=False)
+    # (B, S) and what follows it: the shapes that take (N, ...) rows back to (B, S, ...)
+    ids_shape = g.op("Shape", ["input_ids"], "ids_shape")
+    for name, tail in (("qkv_shape", [3 * d_model]), ("kv_shape", [2, heads, head_dim])):
+        g.constant(f"{name}.tail", np.array(tail, dtype=np.int64), cast=False)
+        g.op("Concat", [ids_shape, f"{name}.tail"], name, axis=0)
     pre_norm = config.norm_position == "pre"
 
     embedding = g.constant("embedding", model.embed.tokens.weight)  # (V, D)
@@ -79,10 +89,10 @@ def build_encoder_graph(model: Transformer) -> onnx.ModelProto:
     if model.embed.scale != 1.0:
         scale = g.constant("embedding_scale", np.array(model.embed.scale))
         x = g.op("Mul", [x, scale], "scaled_embedding")
-    src_len = g.op("Slice", [g.op("Shape", ["input_ids"], "ids_shape"), "one", "two"], "src_len")
+    src_len = g.op("Slice", [ids_shape, "one", "two"], "src_len")
     table = g.constant("position_table", model.embed.positions.table)  # (max_positions, D)
     positions = g.op("Slice", [table, "axis0", src_len, "axis0"], "position_embedding")  # (S, D)
-    x = g.op("Add", [x, positions], "embedded")
+    x = g.op("Reshape", [g.op("Add", [x, positions], "embedded"), "rows_shape"], "rows")  # (N, D)
     g.op("Cast", ["attention_mask"], "source_mask", to=TensorProto.INT32)  # (B, S)
 
     for i, layer in enumerate(model.encoder_layers):
@@ -108,6 +118,6 @@ def build_encoder_graph(model: Transformer) -> onnx.ModelProto:
     return finish_model(g, "encoder", inputs, outputs)
 
 
-def export_encoder(model: Transformer, path: Path) -> None:
+def export_encoder(model: Transformer, path: Path, gemm: bool = True) -> None:
     """Write the encoder graph of `model` to `path` (weights inside the file)."""
-    onnx.save(build_encoder_graph(model), str(path))
+    onnx.save(build_encoder_graph(model, gemm), str(path))

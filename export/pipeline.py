@@ -61,7 +61,7 @@ def write_graphs(model: Transformer, directory: Path, precision: str) -> None:
         export_encoder(half, directory / ENCODER_FILE)
         export_decoder(half, directory / DECODER_FILE)
         return
-    export_encoder(model, directory / ENCODER_FILE)
+    export_encoder(model, directory / ENCODER_FILE, gemm=precision != "int8")
     export_decoder(model, directory / DECODER_FILE, gemm=precision != "int8")
     if precision == "int8":
         for name in (ENCODER_FILE, DECODER_FILE):

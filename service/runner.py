@@ -20,6 +20,7 @@ segment, past steps are never recomputed, and a step copies no cache. No asyncio
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +70,11 @@ class _Batch:
     positions: np.ndarray  # (B,) int64 position of that token = slots of its past
     src_mask: np.ndarray  # (B, S) int64, 0 = right-pad slot
     cross: KVCache  # 2L x (B, H, S, Dh)
+
+    @functools.cached_property
+    def cross_fill(self) -> float:
+        """Real / total cross-attention source slots (src_mask is never changed in place)."""
+        return float(self.src_mask.sum()) / self.src_mask.size
 
 
 MIN_SLOTS = 32  # the cache's first slot capacity; it doubles when a row needs more
@@ -204,7 +210,6 @@ class Seq2SeqRunner:
             batch.tokens, batch.positions, src_mask=batch.src_mask, cache=cache, cross=batch.cross
         )  # (B, V); the cache now holds slot positions[b] of every row b
         step_seconds = time.perf_counter() - start
-        padding = float(batch.src_mask.sum()) / batch.src_mask.size  # real cross-attention slots
         rows = len(batch.tokens)
         parents, tokens, updates = self._select(logits)
         batch.positions = batch.positions + 1
@@ -212,7 +217,7 @@ class Seq2SeqRunner:
             self._empty()
         else:
             self._reorder(parents, tokens)
-        return StepResult(tuple(updates), rows, step_seconds, padding)
+        return StepResult(tuple(updates), rows, step_seconds, batch.cross_fill)
 
     def _reserve(self, rows: int, slots: int) -> KVCache:
         """The cache, grown (doubling) to hold `rows` rows of `slots` slots; growing copies the

@@ -84,6 +84,9 @@ class StepScores:
     best: np.ndarray  # (B,) int64 argmax of the logits
     top: np.ndarray  # (B, 1) float32 max of the logits normalised over
     lse: np.ndarray  # (B, 1) float32 log(sum(exp(those logits - top)))
+    # the greedy rows' choices, as Python values (a search reads them without a numpy scalar):
+    best_ids: list[int]  # `best`
+    best_logprobs: list[float]  # the log-probability of each row's `best`
 
     @classmethod
     def of(cls, logits: np.ndarray, rules: DecodingRules = NO_RULES) -> StepScores:
@@ -96,7 +99,9 @@ class StepScores:
         if rules.renormalize:
             return cls._normalised(masked)
         raw = cls._normalised(x)
-        return cls(masked, masked.argmax(axis=-1), raw.top, raw.lse)
+        best = masked.argmax(axis=-1)
+        shift = masked[np.arange(len(x)), best] - raw.top[:, 0]  # (B,) float32, <= 0
+        return cls(masked, best, raw.top, raw.lse, best.tolist(), (shift - raw.lse[:, 0]).tolist())
 
     @classmethod
     def _normalised(cls, x: np.ndarray) -> StepScores:
@@ -105,12 +110,8 @@ class StepScores:
         top = x[np.arange(len(x)), best][:, None]  # the max, read at the argmax
         shifted = np.subtract(x, top)
         lse = np.log(np.exp(shifted, out=shifted).sum(axis=-1, keepdims=True))
-        return cls(x, best, top, lse)
-
-    def best_logprob(self, row: int) -> float:
-        """The log-probability of the argmax token of `row` (-lse where it is the max)."""
-        shift = self.logits[row, self.best[row]] - self.top[row, 0]  # float32 0 at the max
-        return float(shift - self.lse[row, 0])
+        # at the argmax shifted is exactly 0, so its log-probability is 0 - lse = -lse
+        return cls(x, best, top, lse, best.tolist(), np.negative(lse[:, 0]).tolist())
 
     def logprobs(self, start: int, stop: int) -> np.ndarray:
         """Log-softmax of rows [start, stop) -> (R, V) float32."""
@@ -165,7 +166,7 @@ class GreedySearch:
         """The next token and its log-probability."""
         if self._forced_eos and len(self._ids) + 1 == self._max_new_tokens:
             return self._eos_id, 0.0
-        return int(scores.best[start]), scores.best_logprob(start)
+        return scores.best_ids[start], scores.best_logprobs[start]
 
     def committed(self) -> tuple[int, ...]:
         return tuple(self._ids)

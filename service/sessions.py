@@ -4,21 +4,26 @@ Device choice (`TRANSLATOR_DEVICE`): `cpu`; `cuda`, which fails at startup unles
 really run on the CUDA provider (ONNX Runtime itself falls back to CPU silently); `auto`, CUDA
 when usable, otherwise CPU with a warning. The provider really in use is `OrtSessions.provider`.
 
-The encoder runs with numpy in and out on CPU (its 2L K/V outputs stacked into one
-(2L, B, H, S, Dh) array that `kv.StackedKV` gathers and joins with one numpy call each). The
-decoder step always runs through one IOBinding kept from step to step (`_StepBinding`): the
+On CPU the encoder's 2L K/V outputs are one stacked (2L, B, H, S, Dh) array (row shards write
+theirs into it by address), which `kv.StackedKV` gathers and joins with one numpy call each.
+The decoder step always runs through IOBindings kept from step to step (`_StepBinding`): the
 self-attention cache is bound by address as both past input and present output, so
 GroupQueryAttention writes each row's new slot in place and no step copies the cache; the cross
-K/V, source mask and logits buffer are rebound only when rows join or leave. On CUDA the KV
-caches are device OrtValues (`OrtValueKV` gathers, pads and concatenates them there with tiny
-helper graphs); the small int inputs are copied in and the logits copied out.
+K/V, source mask and logits buffer are rebound only when rows join or leave. With more than one
+CPU thread both graphs run single-threaded and a run of enough rows is split into row shards
+that run at once (`row_shards`), each decoder shard through its own binding of its rows. On CUDA
+the KV caches are device OrtValues (`OrtValueKV` gathers, pads and concatenates them there with
+tiny helper graphs); the small int inputs are copied in and the logits copied out.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +33,7 @@ from onnx import TensorProto, helper
 
 from service.bundle import Bundle, encoder_output_names
 from service.kv import KVCache, KVOps, StackedKV
+from service.row_shards import RowShards
 
 log = logging.getLogger(__name__)
 
@@ -92,39 +98,84 @@ def open_session(path: str, device: str, threads: int) -> ort.InferenceSession:
     return session
 
 
+MIN_SHARD_ROWS = 8  # decoder rows per shard (row_shards: the split pays from about 16 rows)
+MIN_SHARD_TOKENS = 32  # encoder source tokens (rows x length) per shard
+
+
+def cpu_threads(threads: int) -> int:
+    """The CPU threads a setting of `threads` means: 0 is one per core this process may use."""
+    return threads if threads > 0 else len(os.sched_getaffinity(0))
+
+
 class OrtSessions:
     """The encoder and decoder graphs of a bundle, on one device.
 
     Args:
         bundle: the checked bundle.
         device: auto, cpu or cuda.
-        threads: intra-op threads on CPU (0: one per core).
+        threads: CPU threads (0: one per core). Above 1 on CPU, the graphs run single-threaded
+            and runs of enough rows are split into that many row shards (`row_shards`).
         io_binding: on CPU too, run the IOBinding path of CUDA (tests it without a GPU).
     """
 
     def __init__(self, bundle: Bundle, device: str, threads: int, io_binding: bool = False) -> None:
-        self.encoder = open_session(str(bundle.encoder_path), device, threads)
-        self.decoder = open_session(str(bundle.decoder_path), device, threads)
+        on_cpu = _wanted_providers(device) == [CPU]
+        shards = cpu_threads(threads) if on_cpu and not io_binding else 1
+        intra_op = 1 if shards > 1 else threads
+        self.encoder = open_session(str(bundle.encoder_path), device, intra_op)
+        self.decoder = open_session(str(bundle.decoder_path), device, intra_op)
         self.provider: str = self.decoder.get_providers()[0]
         if device == "auto" and self.provider != CUDA:
             log.warning(
                 "TRANSLATOR_DEVICE=auto: no usable CUDA device; running on %s", self.provider
             )
-        self._n_layers = bundle.manifest.n_layers
+        manifest = bundle.manifest
+        self._n_layers = manifest.n_layers
         self._encoder_outputs = encoder_output_names(self._n_layers)
+        self._kv_shape = (manifest.n_heads, manifest.head_dim)
+        self._float = np.dtype(manifest.float_dtype)
         bound = "cuda" if self.provider == CUDA else ("cpu" if io_binding else None)
-        self._bound_device = bound  # None: numpy in and out, the K/V stacked (StackedKV)
+        self._bound_device = bound  # None: host arrays bound by address, the K/V stacked
         self.kv: KVOps = StackedKV() if bound is None else OrtValueKV(bound)
-        vocab = bundle.manifest.vocab_size
-        self._step = _StepBinding(self.decoder, self._n_layers, vocab, bound)
+        self._vocab = manifest.vocab_size
+        # the encoder and decoder threads of the scheduler run at the same time: a pool each
+        self._encoder_shards = RowShards(shards, "encoder-shard")
+        self._decoder_shards = RowShards(shards, "decoder-shard")
+        self._steps = [_StepBinding(self.decoder, self._n_layers, bound) for _ in range(shards)]
+        self._logits = np.empty((0, self._vocab), dtype=self._float)  # (B, V), reused
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVCache:
         """(B, S) ids and mask -> cross K/V 2L x (B, H, S, Dh)."""
-        feed = {"input_ids": src_ids, "attention_mask": src_mask}
         names = self._encoder_outputs
         if self._bound_device is not None:
+            feed = {"input_ids": src_ids, "attention_mask": src_mask}
             return _run_bound(self.encoder, feed, names, set(names), self._bound_device)
-        return np.stack(self.encoder.run(names, feed))  # (2L, B, H, S, Dh)
+        rows, length = src_ids.shape
+        spans = self._encoder_shards.spans(rows, -(-MIN_SHARD_TOKENS // length))
+        if len(spans) == 1:
+            feed = {"input_ids": src_ids, "attention_mask": src_mask}
+            return np.stack(self.encoder.run(names, feed))  # (2L, B, H, S, Dh)
+        heads, head_dim = self._kv_shape
+        out = np.empty((len(names), rows, heads, length, head_dim), dtype=self._float)
+        self._encoder_shards.run(
+            [functools.partial(self._encode_rows, src_ids, src_mask, out, *span) for span in spans]
+        )
+        return out
+
+    def _encode_rows(
+        self, ids: np.ndarray, mask: np.ndarray, out: np.ndarray, start: int, stop: int
+    ) -> None:
+        """Encode rows [start, stop) of ids and mask (B, S) into out (2L, B, H, S, Dh), bound by
+        address (a shard's outputs go straight to their place: no copy under the GIL while the
+        other shards run)."""
+        binding = self.encoder.io_binding()
+        for name, whole in (("input_ids", ids), ("attention_mask", mask)):
+            rows = np.ascontiguousarray(whole[start:stop], dtype=np.int64)
+            binding.bind_cpu_input(name, rows)
+        for k, name in enumerate(self._encoder_outputs):
+            part = out[k, start:stop]  # contiguous: rows of one output tensor
+            binding.bind_output(name, "cpu", 0, part.dtype, list(part.shape), part.ctypes.data)
+        self.encoder.run_with_iobinding(binding)
 
     def new_cache(self, like: KVCache, rows: int, slots: int) -> KVCache:
         """A self-attention cache of `rows` rows and `slots` slots, 2L x (R, H, M, Dh), with the
@@ -144,27 +195,46 @@ class OrtSessions:
 
         Row b's token is at position past_lengths[b]; its key and value are written into
         `cache` (2L x (R, H, M, Dh), R >= B, M > past_lengths[b]) at that slot, in place."""
-        return self._step.run(tokens, past_lengths, src_mask, cache, cross)
+        rows = len(tokens)
+        if len(self._logits) != rows:
+            self._logits = np.empty((rows, self._vocab), dtype=self._float)
+        batch = _StepInputs(tokens, past_lengths, src_mask, cache, cross, self._logits)
+        spans = self._decoder_shards.spans(rows, MIN_SHARD_ROWS)  # at most one per binding
+        calls = [
+            functools.partial(self._steps[i].run, batch, *span) for i, span in enumerate(spans)
+        ]
+        self._decoder_shards.run(calls)
+        return self._logits
+
+
+@dataclass(frozen=True)
+class _StepInputs:
+    """One decoder step's inputs and logits buffer, all B rows; a shard binds its own rows."""
+
+    tokens: np.ndarray  # (B,) int64
+    past_lengths: np.ndarray  # (B,) int64
+    src_mask: np.ndarray  # (B, S) int64
+    cache: KVCache  # 2L x (R, H, M, Dh), R >= B
+    cross: KVCache  # 2L x (B, H, S, Dh)
+    logits: np.ndarray  # (B, V), written by the step
 
 
 class _StepBinding:
-    """The decoder's IOBinding, kept from step to step.
+    """The decoder's IOBinding for rows [start, stop) of the batch, kept from step to step.
 
-    Each self-attention cache tensor is bound by address, its first B rows, as both the `past`
-    input and the `present` output: GroupQueryAttention sees one buffer and writes the new slot
-    in place. The cross K/V, the source mask and the logits buffer are rebound only when they
-    change (rows join or leave); the small inputs are arrays bound by address as well, so a step in
-    a steady batch writes them and runs.
+    Each self-attention cache tensor is bound by address, its rows [start, stop), as both the
+    `past` input and the `present` output: GroupQueryAttention sees one buffer and writes the new
+    slot in place. The cross K/V, the source mask and the rows' part of the logits buffer are
+    rebound only when they change (rows join or leave); the small inputs are arrays bound by
+    address as well, so a step in a steady batch writes them and runs. On CUDA (OrtValues) a
+    binding always has all the rows: start is 0.
     """
 
-    def __init__(
-        self, session: ort.InferenceSession, n_layers: int, vocab: int, device: str | None
-    ):
+    def __init__(self, session: ort.InferenceSession, n_layers: int, device: str | None):
         self._session = session
         self._binding = session.io_binding()
         self._device = device or "cpu"  # where the caches live
         self._on_host = device is None  # caches are stacked numpy arrays (StackedKV)
-        self._vocab = vocab
         self._past = [
             (f"past_key_values.{i}.decoder.{kv}", f"present.{i}.decoder.{kv}")
             for i in range(n_layers)
@@ -173,54 +243,47 @@ class _StepBinding:
         self._cross = [
             f"past_key_values.{i}.encoder.{kv}" for i in range(n_layers) for kv in ("key", "value")
         ]
-        self._bound_cache: tuple[Any, ...] = ()  # (rows, cache) last bound
-        self._bound_batch: tuple[Any, ...] = ()  # (rows, cross, src_mask) last bound
-        self._logits = np.empty((0, vocab), dtype=np.float32)
-        self._mask = np.zeros((0, 0), dtype=np.int64)  # (B, S) the inputs, bound by address
-        self._tokens = np.zeros(0, dtype=np.int64)  # (B,)
-        self._lengths = np.zeros(0, dtype=np.int32)  # (B,)
+        self._bound_cache: tuple[Any, ...] = ()  # (start, stop, cache) last bound
+        self._bound_batch: tuple[Any, ...] = ()  # (start, stop, cross, src_mask, logits)
+        self._mask = np.zeros((0, 0), dtype=np.int64)  # (b, S) the inputs, bound by address
+        self._tokens = np.zeros(0, dtype=np.int64)  # (b,)
+        self._lengths = np.zeros(0, dtype=np.int32)  # (b,)
         self._total = np.zeros((), dtype=np.int32)  # ()
 
-    def run(
-        self,
-        tokens: np.ndarray,
-        past_lengths: np.ndarray,
-        src_mask: np.ndarray,
-        cache: KVCache,
-        cross: KVCache,
-    ) -> np.ndarray:
-        rows = len(tokens)
-        if not _same(self._bound_cache, (rows, cache)):
-            self._bind_cache(rows, cache)
-        if not _same(self._bound_batch, (rows, cross, src_mask)):
-            self._bind_batch(rows, cross, src_mask)
+    def run(self, step: _StepInputs, start: int, stop: int) -> None:
+        """One step of rows [start, stop): their logits into step.logits[start:stop]."""
+        if not _same(self._bound_cache, (start, stop, step.cache)):
+            self._bind_cache(step.cache, start, stop)
+        if not _same(self._bound_batch, (start, stop, step.cross, step.src_mask, step.logits)):
+            self._bind_batch(step, start, stop)
         # the small inputs are bound by address too: a step only writes them
-        self._tokens[:] = tokens
-        self._lengths[:] = past_lengths
+        self._tokens[:] = step.tokens[start:stop]
+        self._lengths[:] = step.past_lengths[start:stop]
         self._total[...] = self._lengths.max() + 1
         self._session.run_with_iobinding(self._binding)
-        return self._logits
 
-    def _bind_cache(self, rows: int, cache: KVCache) -> None:
-        """The first `rows` rows of every cache tensor, as past and as present."""
+    def _bind_cache(self, cache: KVCache, start: int, stop: int) -> None:
+        """Rows [start, stop) of every cache tensor, as past and as present."""
         for k, (past, present) in enumerate(self._past):
-            address, shape, dtype = self._rows_of(cache[k], rows)
+            address, shape, dtype = self._rows_of(cache[k], start, stop)
             self._binding.bind_input(past, self._device, 0, dtype, shape, address)
             self._binding.bind_output(present, self._device, 0, dtype, shape, address)
-        self._bound_cache = (rows, cache)  # bound by address: kept alive while bound
+        self._bound_cache = (start, stop, cache)  # bound by address: kept alive while bound
 
-    def _bind_batch(self, rows: int, cross: KVCache, src_mask: np.ndarray) -> None:
-        """The cross K/V, the source mask, the small inputs and the logits of `rows` rows."""
+    def _bind_batch(self, step: _StepInputs, start: int, stop: int) -> None:
+        """The cross K/V, the source mask, the small inputs and the logits of the rows."""
         binding = self._binding
+        rows = stop - start
         for k, name in enumerate(self._cross):
             if self._on_host:
-                tensor = cross[k]
+                tensor = step.cross[k][start:stop]  # contiguous: rows of one tensor
                 binding.bind_input(
                     name, "cpu", 0, tensor.dtype, list(tensor.shape), tensor.ctypes.data
                 )
             else:
-                binding.bind_ortvalue_input(name, cross[k])
-        self._mask = np.ascontiguousarray(src_mask, dtype=np.int64)  # (B, S)
+                assert start == 0
+                binding.bind_ortvalue_input(name, step.cross[k])
+        self._mask = np.ascontiguousarray(step.src_mask[start:stop], dtype=np.int64)  # (b, S)
         self._tokens = np.zeros(rows, dtype=np.int64)
         self._lengths = np.zeros(rows, dtype=np.int32)
         self._total = np.zeros((), dtype=np.int32)
@@ -231,31 +294,35 @@ class _StepBinding:
             ("total_length", self._total),
         ):
             binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-        self._logits = np.empty((rows, self._vocab), dtype=self._float_dtype(cross[0]))
+        logits = step.logits[start:stop]  # contiguous rows of the (B, V) buffer
         binding.bind_output(
-            "logits", "cpu", 0, self._logits.dtype, [rows, self._vocab], self._logits.ctypes.data
+            "logits", "cpu", 0, logits.dtype, list(logits.shape), logits.ctypes.data
         )
-        self._bound_batch = (rows, cross, src_mask)  # bound by address: kept alive while bound
+        # bound by address: kept alive while bound
+        self._bound_batch = (start, stop, step.cross, step.src_mask, step.logits)
 
-    def _float_dtype(self, tensor: Any) -> Any:
-        if self._on_host:
-            return tensor.dtype
-        return np.float16 if tensor.data_type() == "tensor(float16)" else np.float32
-
-    def _rows_of(self, tensor: Any, rows: int) -> tuple[int, list[int], Any]:
-        """Address, shape (rows, H, M, Dh) and numpy dtype of the first `rows` rows of a cache
-        tensor (R, H, M, Dh): a contiguous prefix, so its address is the tensor's."""
+    def _rows_of(self, tensor: Any, start: int, stop: int) -> tuple[int, list[int], Any]:
+        """Address, shape (rows, H, M, Dh) and numpy dtype of rows [start, stop) of a cache
+        tensor (R, H, M, Dh): a contiguous block."""
         if self._on_host:
             assert tensor.flags.c_contiguous
-            return tensor.ctypes.data, [rows, *tensor.shape[1:]], tensor.dtype
-        return tensor.data_ptr(), [rows, *tensor.shape()[1:]], self._float_dtype(tensor)
+            part = tensor[start:stop]
+            return part.ctypes.data, list(part.shape), tensor.dtype
+        assert start == 0
+        return tensor.data_ptr(), [stop, *tensor.shape()[1:]], _float_dtype(tensor)
+
+
+def _float_dtype(tensor: Any) -> Any:
+    """The numpy dtype of a device OrtValue."""
+    return np.float16 if tensor.data_type() == "tensor(float16)" else np.float32
 
 
 def _same(bound: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
+    """Bound (start, stop, arrays...) again: the same rows of the very same arrays."""
     return (
         len(bound) == len(now)
-        and bound[0] == now[0]
-        and all(a is b for a, b in zip(bound[1:], now[1:], strict=True))
+        and bound[:2] == now[:2]
+        and all(a is b for a, b in zip(bound[2:], now[2:], strict=True))
     )
 
 

@@ -35,7 +35,10 @@ class EngineSettings(BaseModel):
     """`cuda` fails at startup when CUDA is unusable; `auto` falls back to CPU with a warning."""
 
     threads: int = Field(default=0, ge=0, le=256)
-    """ONNX Runtime intra-op threads on CPU; 0 lets ONNX Runtime choose (one per core)."""
+    """CPU threads (0: one per core this process may use). Above 1 each graph runs single-threaded
+    and a run of enough rows is split into that many row shards that run at once
+    (`service.row_shards`): ONNX Runtime's own intra-op threads meet at every operator, which made
+    the small default model slower on two threads than on one."""
 
     max_active_rows: int = Field(default=64, ge=1, le=4096)
     """Rows decoded together in one decoder step (a beam-search segment takes beam_size rows)."""

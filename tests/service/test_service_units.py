@@ -59,9 +59,9 @@ def test_step_scores_equal_the_reference_log_softmax_bit_for_bit():
         scores, expected = StepScores.of(logits), log_softmax(logits)
         assert np.array_equal(scores.logprobs(0, 6), expected)
         assert np.array_equal(scores.logprobs(2, 5), expected[2:5])
-        assert list(scores.best) == list(logits.argmax(axis=-1))
-        for row, token in enumerate(scores.best):
-            assert scores.best_logprob(row) == float(expected[row, token])
+        assert scores.best_ids == list(logits.argmax(axis=-1))
+        for row, token in enumerate(scores.best_ids):
+            assert scores.best_logprobs[row] == float(expected[row, token])
 
 
 def test_beam_search_stops_when_beam_size_hypotheses_finished():

@@ -1,0 +1,125 @@
+"""Row shards (service/row_shards.py): how runs are split, and that a split run gives every row
+what the whole run gives it, in the sessions and through the runner."""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+import pytest
+
+from service.bundle import load_bundle
+from service.row_shards import RowShards
+from service.runner import Seq2SeqRunner, pad_right
+from service.sessions import MIN_SHARD_ROWS, OrtSessions
+from service.tokenizer import load_tokenizer
+from service.types import DecodingOptions, SegmentJob, StepPlan
+
+
+@pytest.mark.parametrize(
+    ("threads", "rows", "min_rows", "expected"),
+    [
+        (2, 15, 8, [(0, 15)]),  # below 2 x min_rows: one span
+        (2, 16, 8, [(0, 8), (8, 16)]),
+        (2, 33, 8, [(0, 16), (16, 33)]),
+        (4, 20, 8, [(0, 10), (10, 20)]),  # as many spans as min_rows allows
+        (4, 40, 8, [(0, 10), (10, 20), (20, 30), (30, 40)]),
+        (1, 64, 8, [(0, 64)]),
+        (2, 1, 0, [(0, 1)]),
+    ],
+)
+def test_spans_cover_the_rows_in_long_enough_ranges(threads, rows, min_rows, expected):
+    assert RowShards(threads, "test").spans(rows, min_rows) == expected
+
+
+def test_run_runs_every_call_on_its_own_thread_and_raises_the_first_error():
+    shards = RowShards(3, "test")
+    seen: dict[int, str] = {}
+    barrier = threading.Barrier(3, timeout=10)  # passes only if all three run at once
+
+    def call(i: int) -> None:
+        barrier.wait()
+        seen[i] = threading.current_thread().name
+
+    shards.run([functools.partial(call, i) for i in range(3)])
+    assert sorted(seen) == [0, 1, 2] and len(set(seen.values())) == 3
+
+    finished: list[int] = []
+
+    def slow_ok() -> None:
+        threading.Event().wait(0.2)
+        finished.append(1)
+
+    def failing() -> None:
+        raise ValueError("shard 1 failed")
+
+    with pytest.raises(ValueError, match="shard 1 failed"):
+        shards.run([slow_ok, failing])
+    assert finished == [1]  # the error came after every shard had returned
+
+
+def test_sharded_sessions_give_every_row_its_unsplit_result(service_bundle):
+    """Encoder and decoder runs of 2 x MIN_SHARD_ROWS + 3 rows of varied sources, split in two
+    (threads 2) and whole (threads 1): the same K/V and logits, row by row."""
+    bundle = load_bundle(service_bundle)
+    tokenizer = load_tokenizer(bundle)
+    rows = 2 * MIN_SHARD_ROWS + 3
+    words = ["one", "two hundred", "Good morning.", "I have 3 cats.", "See you at ten."]
+    sources = [
+        tokenizer.encode_source(" ".join(words[: 1 + i % 5]), ("de", "fr")[i % 2])
+        for i in range(rows)
+    ]
+    ids, mask = pad_right(sources, bundle.manifest.special_tokens["pad"])
+    outputs = []
+    for threads in (1, 2):
+        sessions = OrtSessions(bundle, "cpu", threads)
+        cross = sessions.encode(ids, mask)
+        cache = sessions.new_cache(cross, rows, 16)
+        rng = np.random.default_rng(0)
+        steps = []
+        for position in range(3):  # three steps: the cache written in place by each shard
+            tokens = rng.integers(4, 60, rows)
+            steps.append(
+                sessions.decode(
+                    tokens,
+                    np.full(rows, position, dtype=np.int64),
+                    src_mask=mask,
+                    cache=cache,
+                    cross=cross,
+                ).copy()
+            )
+        outputs.append((cross, steps, cache[:, :, :, :3].copy()))
+    (cross_1, steps_1, cache_1), (cross_2, steps_2, cache_2) = outputs
+    np.testing.assert_allclose(cross_2, cross_1, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(cache_2, cache_1, rtol=0, atol=1e-5)
+    for logits_2, logits_1 in zip(steps_2, steps_1, strict=True):
+        np.testing.assert_allclose(logits_2, logits_1, rtol=0, atol=1e-4)
+
+
+def test_runner_on_sharded_sessions_translates_as_unsharded(service_bundle):
+    """40 segments, greedy and beam, through the runner with threads 2 (rows split while more
+    than 2 x MIN_SHARD_ROWS are in flight) and threads 1: the same hypotheses."""
+    bundle = load_bundle(service_bundle)
+    tokenizer = load_tokenizer(bundle)
+    texts = ["Good morning.", "forty-two", "I have 3 cats and 12 dogs.", "See you at 10."]
+    sources = [
+        tuple(tokenizer.encode_source(f"{t} {n}", lang))
+        for n in range(5)
+        for t in texts
+        for lang in ("de", "fr")
+    ]
+    greedy, beam = DecodingOptions(1, 40, 1.0, 1), DecodingOptions(2, 40, 1.0, 2)
+    jobs = [SegmentJob(i, src, beam if i % 4 == 0 else greedy) for i, src in enumerate(sources)]
+    results = []
+    for threads in (1, 2):
+        runner = Seq2SeqRunner(OrtSessions(bundle, "cpu", threads), bundle.manifest.special_tokens)
+        plan = StepPlan(admit=(runner.encode(jobs),))
+        found: dict[int, list[tuple[int, ...]]] = {}
+        while len(found) < len(jobs):
+            for update in runner.step(plan).updates:
+                if update.hypotheses is not None:
+                    found[update.seq_id] = [h.ids for h in update.hypotheses]
+            plan = StepPlan()
+        results.append(found)
+    assert results[1] == results[0]
