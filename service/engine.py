@@ -138,7 +138,9 @@ class TranslationEngine:
         """
         bundle = load_bundle(path)
         manifest = bundle.manifest
-        sessions = OrtSessions(bundle, settings.device, settings.threads)
+        sessions = OrtSessions(
+            bundle, settings.device, settings.threads, parallelism=settings.cpu_parallelism
+        )
         info = ModelInfo(
             name=name or manifest.name,
             version=version or manifest.version,

@@ -22,6 +22,8 @@ import ctypes
 import functools
 import logging
 import os
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,15 +46,17 @@ class DeviceError(RuntimeError):
     """The requested device cannot be used."""
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def _session_options(threads: int, spinning: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # 0: one per core
     options.inter_op_num_threads = 1  # the graphs are sequential
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; the provider check below reports fallbacks
-    # Idle intra-op workers sleep instead of spinning: a spinning pool burns the cores that the
-    # gRPC front end and the engine's own Python need (measured with bench/service_load.py).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Without `spinning` idle intra-op workers sleep: a spinning pool burns the cores that the
+    # gRPC front end and the engine's own Python need (measured with bench/service_load.py on the
+    # default model). Waking them costs at every operator, though: a wide model's one-row step
+    # on 2 threads took 3.4 ms sleeping, 2.5 ms spinning, 3.3 ms on one thread (d_model 512).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 
 
@@ -79,8 +83,11 @@ def _wanted_providers(device: str) -> list[str]:
     return [CPU]
 
 
-def open_session(path: str, device: str, threads: int) -> ort.InferenceSession:
-    """A session on the requested device, checked against the provider it really got.
+def open_session(
+    path: str, device: str, threads: int, spinning: bool = False
+) -> ort.InferenceSession:
+    """A session on the requested device, checked against the provider it really got;
+    `spinning`: its idle intra-op threads spin rather than sleep (see `_session_options`).
 
     Raises:
         DeviceError: `cuda` was requested and the session did not get the CUDA provider.
@@ -88,7 +95,7 @@ def open_session(path: str, device: str, threads: int) -> ort.InferenceSession:
     providers = _wanted_providers(device)
     session = ort.InferenceSession(
         path,
-        _session_options(threads),
+        _session_options(threads, spinning),
         providers=providers,
         disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if providers == [CPU] else None,
     )
@@ -100,11 +107,51 @@ def open_session(path: str, device: str, threads: int) -> ort.InferenceSession:
 
 MIN_SHARD_ROWS = 8  # decoder rows per shard (row_shards: the split pays from about 16 rows)
 MIN_SHARD_TOKENS = 32  # encoder source tokens (rows x length) per shard
+CALIBRATION_STEPS = 40  # one-row decoder steps per session when choosing the parallelism
+INTRA_OP_MARGIN = 0.15  # intra-op threads only where a one-row step is this much faster
 
 
 def cpu_threads(threads: int) -> int:
     """The CPU threads a setting of `threads` means: 0 is one per core this process may use."""
     return threads if threads > 0 else len(os.sched_getaffinity(0))
+
+
+def choose_parallelism(decoder_path: str, bundle: Bundle, threads: int) -> tuple[str, list[float]]:
+    """`row_shards` or `intra_op` for `threads` CPU threads: `intra_op` where it runs a one-row
+    decoder step (8 source tokens, 8 past positions) at least INTRA_OP_MARGIN faster than one
+    thread does. A run of one row cannot be split, so row shards leave it single-threaded: the
+    faster way for a small model, whose operators are too short for threads to meet at each
+    (and row shards then win at batch, 1.35x at 32 rows for the default model), the slower for
+    a wide one (d_model 512: 2.2 ms on 2 threads, 2.7 ms on one). Returns the choice and the
+    median step seconds [single-threaded, intra-op].
+
+    Both sessions run the same feed, alternately, CALIBRATION_STEPS times after a warm-up."""
+    manifest = bundle.manifest
+    n, heads, head_dim = manifest.n_layers, manifest.n_heads, manifest.head_dim
+    dtype = np.dtype(manifest.float_dtype)
+    feed: dict[str, np.ndarray] = {
+        "input_ids": np.array([manifest.special_tokens["bos"]], dtype=np.int64),
+        "past_lengths": np.array([8], dtype=np.int32),
+        "total_length": np.array(9, dtype=np.int32),
+        "encoder_attention_mask": np.ones((1, 8), dtype=np.int64),
+    }
+    for i in range(n):
+        for kv in ("key", "value"):
+            feed[f"past_key_values.{i}.decoder.{kv}"] = np.zeros((1, heads, 16, head_dim), dtype)
+            feed[f"past_key_values.{i}.encoder.{kv}"] = np.zeros((1, heads, 8, head_dim), dtype)
+    sessions = [
+        open_session(decoder_path, "cpu", 1),
+        open_session(decoder_path, "cpu", threads, spinning=True),
+    ]
+    times: list[list[float]] = [[], []]
+    for _ in range(CALIBRATION_STEPS):
+        for session, taken in zip(sessions, times, strict=True):
+            started = time.perf_counter()
+            session.run(["logits"], feed)
+            taken.append(time.perf_counter() - started)
+    medians = [statistics.median(taken[CALIBRATION_STEPS // 4 :]) for taken in times]
+    faster = medians[1] < (1 - INTRA_OP_MARGIN) * medians[0]
+    return ("intra_op" if faster else "row_shards"), medians
 
 
 class OrtSessions:
@@ -113,17 +160,37 @@ class OrtSessions:
     Args:
         bundle: the checked bundle.
         device: auto, cpu or cuda.
-        threads: CPU threads (0: one per core). Above 1 on CPU, the graphs run single-threaded
-            and runs of enough rows are split into that many row shards (`row_shards`).
+        threads: CPU threads (0: one per core).
         io_binding: on CPU too, run the IOBinding path of CUDA (tests it without a GPU).
+        parallelism: with more than one CPU thread, `row_shards`, `intra_op` or `auto` (see
+            `choose_parallelism`); `parallelism` is then what was chosen.
     """
 
-    def __init__(self, bundle: Bundle, device: str, threads: int, io_binding: bool = False) -> None:
-        on_cpu = _wanted_providers(device) == [CPU]
-        shards = cpu_threads(threads) if on_cpu and not io_binding else 1
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str,
+        threads: int,
+        io_binding: bool = False,
+        parallelism: str = "auto",
+    ) -> None:
+        count = cpu_threads(threads)
+        if _wanted_providers(device) != [CPU] or io_binding or count == 1:
+            parallelism = "intra_op"  # one thread, or CUDA: nothing to choose
+        decoder_path = str(bundle.decoder_path)
+        if parallelism == "auto":
+            parallelism, timings = choose_parallelism(decoder_path, bundle, count)
+            log.info(
+                "%s: %d CPU threads as %s (one-row decoder step: %.0f us single-threaded, "
+                "%.0f us on %d intra-op threads)",
+                bundle.path, count, parallelism, timings[0] * 1e6, timings[1] * 1e6, count,
+            )  # fmt: skip
+        self.parallelism = parallelism
+        shards = count if parallelism == "row_shards" else 1
         intra_op = 1 if shards > 1 else threads
-        self.encoder = open_session(str(bundle.encoder_path), device, intra_op)
-        self.decoder = open_session(str(bundle.decoder_path), device, intra_op)
+        spinning = parallelism == "intra_op" and count > 1 and _wanted_providers(device) == [CPU]
+        self.encoder = open_session(str(bundle.encoder_path), device, intra_op, spinning)
+        self.decoder = open_session(decoder_path, device, intra_op, spinning)
         self.provider: str = self.decoder.get_providers()[0]
         if device == "auto" and self.provider != CUDA:
             log.warning(

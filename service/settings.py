@@ -35,10 +35,13 @@ class EngineSettings(BaseModel):
     """`cuda` fails at startup when CUDA is unusable; `auto` falls back to CPU with a warning."""
 
     threads: int = Field(default=0, ge=0, le=256)
-    """CPU threads (0: one per core this process may use). Above 1 each graph runs single-threaded
-    and a run of enough rows is split into that many row shards that run at once
-    (`service.row_shards`): ONNX Runtime's own intra-op threads meet at every operator, which made
-    the small default model slower on two threads than on one."""
+    """CPU threads (0: one per core this process may use); how they are used: `cpu_parallelism`."""
+
+    cpu_parallelism: Literal["auto", "row_shards", "intra_op"] = "auto"
+    """With more than one CPU thread: `row_shards` runs each graph single-threaded and splits a
+    run of enough rows into that many row shards run at once (`service.row_shards`); `intra_op`
+    gives ONNX Runtime's own threads to every run; `auto` times a one-row decoder step both ways
+    at load and takes the faster (a small model gets row shards, a wide one intra-op threads)."""
 
     max_active_rows: int = Field(default=64, ge=1, le=4096)
     """Rows decoded together in one decoder step (a beam-search segment takes beam_size rows)."""

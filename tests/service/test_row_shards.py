@@ -12,7 +12,7 @@ import pytest
 from service.bundle import load_bundle
 from service.row_shards import RowShards
 from service.runner import Seq2SeqRunner, pad_right
-from service.sessions import MIN_SHARD_ROWS, OrtSessions
+from service.sessions import INTRA_OP_MARGIN, MIN_SHARD_ROWS, OrtSessions, choose_parallelism
 from service.tokenizer import load_tokenizer
 from service.types import DecodingOptions, SegmentJob, StepPlan
 
@@ -73,7 +73,7 @@ def test_sharded_sessions_give_every_row_its_unsplit_result(service_bundle):
     ids, mask = pad_right(sources, bundle.manifest.special_tokens["pad"])
     outputs = []
     for threads in (1, 2):
-        sessions = OrtSessions(bundle, "cpu", threads)
+        sessions = OrtSessions(bundle, "cpu", threads, parallelism="row_shards")
         cross = sessions.encode(ids, mask)
         cache = sessions.new_cache(cross, rows, 16)
         rng = np.random.default_rng(0)
@@ -113,7 +113,8 @@ def test_runner_on_sharded_sessions_translates_as_unsharded(service_bundle):
     jobs = [SegmentJob(i, src, beam if i % 4 == 0 else greedy) for i, src in enumerate(sources)]
     results = []
     for threads in (1, 2):
-        runner = Seq2SeqRunner(OrtSessions(bundle, "cpu", threads), bundle.manifest.special_tokens)
+        sessions = OrtSessions(bundle, "cpu", threads, parallelism="row_shards")
+        runner = Seq2SeqRunner(sessions, bundle.manifest.special_tokens)
         plan = StepPlan(admit=(runner.encode(jobs),))
         found: dict[int, list[tuple[int, ...]]] = {}
         while len(found) < len(jobs):
@@ -123,3 +124,12 @@ def test_runner_on_sharded_sessions_translates_as_unsharded(service_bundle):
             plan = StepPlan()
         results.append(found)
     assert results[1] == results[0]
+
+
+def test_auto_parallelism_takes_the_faster_one_row_step(service_bundle):
+    bundle = load_bundle(service_bundle)
+    choice, (single, intra_op) = choose_parallelism(str(bundle.decoder_path), bundle, 2)
+    assert single > 0 and intra_op > 0
+    assert choice == ("intra_op" if intra_op < (1 - INTRA_OP_MARGIN) * single else "row_shards")
+    assert OrtSessions(bundle, "cpu", 2).parallelism in ("row_shards", "intra_op")
+    assert OrtSessions(bundle, "cpu", 1).parallelism == "intra_op"  # one thread: nothing to split

@@ -26,7 +26,13 @@ def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PORT", "70000"), ("MAX_ACTIVE_ROWS", "0"), ("DEVICE", "tpu"), ("GRACE_PERIOD_S", "-1")],
+    [
+        ("PORT", "70000"),
+        ("MAX_ACTIVE_ROWS", "0"),
+        ("DEVICE", "tpu"),
+        ("GRACE_PERIOD_S", "-1"),
+        ("CPU_PARALLELISM", "threads"),
+    ],
 )
 def test_out_of_bounds_values_are_refused(monkeypatch: pytest.MonkeyPatch, name, value):
     monkeypatch.setenv(f"TRANSLATOR_{name}", value)
