@@ -10,10 +10,11 @@ The decoder step always runs through IOBindings kept from step to step (`_StepBi
 self-attention cache is bound by address as both past input and present output, so
 GroupQueryAttention writes each row's new slot in place and no step copies the cache; the cross
 K/V, source mask and logits buffer are rebound only when rows join or leave. With more than one
-CPU thread both graphs run single-threaded and a run of enough rows is split into row shards
-that run at once (`row_shards`), each decoder shard through its own binding of its rows. On CUDA
-the KV caches are device OrtValues (`OrtValueKV` gathers, pads and concatenates them there with
-tiny helper graphs); the small int inputs are copied in and the logits copied out.
+CPU thread (`choose_parallelism`) either both graphs run single-threaded and a run of enough rows
+is split into row shards that run at once (`row_shards`), each decoder shard through its own
+binding of its rows, or every run gets ONNX Runtime's intra-op threads. On CUDA the KV caches are
+device OrtValues (`OrtValueKV` gathers, pads and concatenates them there with tiny helper
+graphs); the small int inputs are copied in and the logits copied out.
 """
 
 from __future__ import annotations
