@@ -36,7 +36,7 @@ from onnx import TensorProto, helper
 
 from service.bundle import Bundle, encoder_output_names
 from service.kv import KVCache, KVOps, StackedKV
-from service.row_shards import RowShards
+from service.row_shards import CoreBudget, RowShards, Shard
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,17 @@ class DeviceError(RuntimeError):
     """The requested device cannot be used."""
 
 
-def _session_options(threads: int, spinning: bool) -> ort.SessionOptions:
+def _session_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # 0: one per core
     options.inter_op_num_threads = 1  # the graphs are sequential
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; the provider check below reports fallbacks
-    # Without `spinning` idle intra-op workers sleep: a spinning pool burns the cores that the
-    # gRPC front end and the engine's own Python need (measured with bench/service_load.py on the
-    # default model). Waking them costs at every operator, though: a wide model's one-row step
-    # on 2 threads took 3.4 ms sleeping, 2.5 ms spinning, 3.3 ms on one thread (d_model 512).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    # Idle intra-op workers sleep instead of spinning: a spinning pool burns the cores that the
+    # gRPC front end and the engine's own Python need (measured with bench/service_load.py; with
+    # the scheduler's two engine threads on 2 cores, spinning intra-op threads took the engine
+    # from about 20,000 to 9,100 output tokens/s, bench/engine_load.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -84,11 +84,8 @@ def _wanted_providers(device: str) -> list[str]:
     return [CPU]
 
 
-def open_session(
-    path: str, device: str, threads: int, spinning: bool = False
-) -> ort.InferenceSession:
-    """A session on the requested device, checked against the provider it really got;
-    `spinning`: its idle intra-op threads spin rather than sleep (see `_session_options`).
+def open_session(path: str, device: str, threads: int) -> ort.InferenceSession:
+    """A session on the requested device, checked against the provider it really got.
 
     Raises:
         DeviceError: `cuda` was requested and the session did not get the CUDA provider.
@@ -96,7 +93,7 @@ def open_session(
     providers = _wanted_providers(device)
     session = ort.InferenceSession(
         path,
-        _session_options(threads, spinning),
+        _session_options(threads),
         providers=providers,
         disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if providers == [CPU] else None,
     )
@@ -122,9 +119,9 @@ def choose_parallelism(decoder_path: str, bundle: Bundle, threads: int) -> tuple
     decoder step (8 source tokens, 8 past positions) at least INTRA_OP_MARGIN faster than one
     thread does. A run of one row cannot be split, so row shards leave it single-threaded: the
     faster way for a small model, whose operators are too short for threads to meet at each
-    (and row shards then win at batch, 1.35x at 32 rows for the default model), the slower for
-    a wide one (d_model 512: 2.2 ms on 2 threads, 2.7 ms on one). Returns the choice and the
-    median step seconds [single-threaded, intra-op].
+    (and row shards then win at batch, 1.35x at 32 rows for the default model), possibly the
+    slower for a wide one. Returns the choice and the median step seconds [single-threaded,
+    intra-op].
 
     Both sessions run the same feed, alternately, CALIBRATION_STEPS times after a warm-up."""
     manifest = bundle.manifest
@@ -140,10 +137,7 @@ def choose_parallelism(decoder_path: str, bundle: Bundle, threads: int) -> tuple
         for kv in ("key", "value"):
             feed[f"past_key_values.{i}.decoder.{kv}"] = np.zeros((1, heads, 16, head_dim), dtype)
             feed[f"past_key_values.{i}.encoder.{kv}"] = np.zeros((1, heads, 8, head_dim), dtype)
-    sessions = [
-        open_session(decoder_path, "cpu", 1),
-        open_session(decoder_path, "cpu", threads, spinning=True),
-    ]
+    sessions = [open_session(decoder_path, "cpu", 1), open_session(decoder_path, "cpu", threads)]
     times: list[list[float]] = [[], []]
     for _ in range(CALIBRATION_STEPS):
         for session, taken in zip(sessions, times, strict=True):
@@ -189,9 +183,8 @@ class OrtSessions:
         self.parallelism = parallelism
         shards = count if parallelism == "row_shards" else 1
         intra_op = 1 if shards > 1 else threads
-        spinning = parallelism == "intra_op" and count > 1 and _wanted_providers(device) == [CPU]
-        self.encoder = open_session(str(bundle.encoder_path), device, intra_op, spinning)
-        self.decoder = open_session(decoder_path, device, intra_op, spinning)
+        self.encoder = open_session(str(bundle.encoder_path), device, intra_op)
+        self.decoder = open_session(decoder_path, device, intra_op)
         self.provider: str = self.decoder.get_providers()[0]
         if device == "auto" and self.provider != CUDA:
             log.warning(
@@ -206,10 +199,12 @@ class OrtSessions:
         self._bound_device = bound  # None: host arrays bound by address, the K/V stacked
         self.kv: KVOps = StackedKV() if bound is None else OrtValueKV(bound)
         self._vocab = manifest.vocab_size
-        # the encoder and decoder threads of the scheduler run at the same time: a pool each
-        self._encoder_shards = RowShards(shards, "encoder-shard")
-        self._decoder_shards = RowShards(shards, "decoder-shard")
-        self._steps = [_StepBinding(self.decoder, self._n_layers, bound) for _ in range(shards)]
+        # the scheduler's encoder and decoder threads run at the same time: a pool each, and
+        # one budget of threads for both
+        budget = CoreBudget(shards)
+        self._encoder_shards = RowShards(budget, "encoder-shard")
+        self._decoder_shards = RowShards(budget, "decoder-shard")
+        self._steps: dict[tuple[int, int], _StepBinding] = {}  # (total, rank) -> its binding
         self._logits = np.empty((0, self._vocab), dtype=self._float)  # (B, V), reused
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVCache:
@@ -219,29 +214,28 @@ class OrtSessions:
             feed = {"input_ids": src_ids, "attention_mask": src_mask}
             return _run_bound(self.encoder, feed, names, set(names), self._bound_device)
         rows, length = src_ids.shape
-        spans = self._encoder_shards.spans(rows, -(-MIN_SHARD_TOKENS // length))
-        if len(spans) == 1:
-            feed = {"input_ids": src_ids, "attention_mask": src_mask}
-            return np.stack(self.encoder.run(names, feed))  # (2L, B, H, S, Dh)
         heads, head_dim = self._kv_shape
         out = np.empty((len(names), rows, heads, length, head_dim), dtype=self._float)
-        self._encoder_shards.run(
-            [functools.partial(self._encode_rows, src_ids, src_mask, out, *span) for span in spans]
-        )
+        encode = functools.partial(self._encode_rows, src_ids, src_mask, out)
+        self._encoder_shards.run(rows, -(-MIN_SHARD_TOKENS // length), encode)
         return out
 
     def _encode_rows(
-        self, ids: np.ndarray, mask: np.ndarray, out: np.ndarray, start: int, stop: int
+        self, ids: np.ndarray, mask: np.ndarray, out: np.ndarray, shard: Shard
     ) -> None:
-        """Encode rows [start, stop) of ids and mask (B, S) into out (2L, B, H, S, Dh), bound by
-        address (a shard's outputs go straight to their place: no copy under the GIL while the
-        other shards run)."""
+        """Encode the shard's rows of ids and mask (B, S) into out (2L, B, H, S, Dh)."""
+        names = self._encoder_outputs
+        if shard.total == 1:  # numpy in and out: cheaper than binding for one run
+            np.stack(self.encoder.run(names, {"input_ids": ids, "attention_mask": mask}), out=out)
+            return
+        # a shard's outputs are bound by address: they go straight to their place, with no
+        # copy under the GIL while the other shards run
         binding = self.encoder.io_binding()
         for name, whole in (("input_ids", ids), ("attention_mask", mask)):
-            rows = np.ascontiguousarray(whole[start:stop], dtype=np.int64)
+            rows = np.ascontiguousarray(whole[shard.start : shard.stop], dtype=np.int64)
             binding.bind_cpu_input(name, rows)
-        for k, name in enumerate(self._encoder_outputs):
-            part = out[k, start:stop]  # contiguous: rows of one output tensor
+        for k, name in enumerate(names):
+            part = out[k, shard.start : shard.stop]  # contiguous: rows of one output tensor
             binding.bind_output(name, "cpu", 0, part.dtype, list(part.shape), part.ctypes.data)
         self.encoder.run_with_iobinding(binding)
 
@@ -267,12 +261,17 @@ class OrtSessions:
         if len(self._logits) != rows:
             self._logits = np.empty((rows, self._vocab), dtype=self._float)
         batch = _StepInputs(tokens, past_lengths, src_mask, cache, cross, self._logits)
-        spans = self._decoder_shards.spans(rows, MIN_SHARD_ROWS)  # at most one per binding
-        calls = [
-            functools.partial(self._steps[i].run, batch, *span) for i, span in enumerate(spans)
-        ]
-        self._decoder_shards.run(calls)
+        self._decoder_shards.run(rows, MIN_SHARD_ROWS, functools.partial(self._step_rows, batch))
         return self._logits
+
+    def _step_rows(self, batch: _StepInputs, shard: Shard) -> None:
+        """The step of the shard's rows, through the binding kept for that shard."""
+        key = (shard.total, shard.rank)
+        binding = self._steps.get(key)
+        if binding is None:
+            binding = _StepBinding(self.decoder, self._n_layers, self._bound_device)
+            self._steps[key] = binding
+        binding.run(batch, shard.start, shard.stop)
 
 
 @dataclass(frozen=True)

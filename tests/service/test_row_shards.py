@@ -3,14 +3,13 @@ what the whole run gives it, in the sessions and through the runner."""
 
 from __future__ import annotations
 
-import functools
 import threading
 
 import numpy as np
 import pytest
 
 from service.bundle import load_bundle
-from service.row_shards import RowShards
+from service.row_shards import CoreBudget, RowShards, Shard, split_rows
 from service.runner import Seq2SeqRunner, pad_right
 from service.sessions import INTRA_OP_MARGIN, MIN_SHARD_ROWS, OrtSessions, choose_parallelism
 from service.tokenizer import load_tokenizer
@@ -18,45 +17,64 @@ from service.types import DecodingOptions, SegmentJob, StepPlan
 
 
 @pytest.mark.parametrize(
-    ("threads", "rows", "min_rows", "expected"),
+    ("rows", "count", "expected"),
     [
-        (2, 15, 8, [(0, 15)]),  # below 2 x min_rows: one span
-        (2, 16, 8, [(0, 8), (8, 16)]),
-        (2, 33, 8, [(0, 16), (16, 33)]),
-        (4, 20, 8, [(0, 10), (10, 20)]),  # as many spans as min_rows allows
-        (4, 40, 8, [(0, 10), (10, 20), (20, 30), (30, 40)]),
-        (1, 64, 8, [(0, 64)]),
-        (2, 1, 0, [(0, 1)]),
+        (15, 1, [(0, 15)]),
+        (16, 2, [(0, 8), (8, 16)]),
+        (33, 2, [(0, 16), (16, 33)]),
+        (40, 4, [(0, 10), (10, 20), (20, 30), (30, 40)]),
+        (2, 4, [(0, 1), (1, 2)]),  # never an empty shard
     ],
 )
-def test_spans_cover_the_rows_in_long_enough_ranges(threads, rows, min_rows, expected):
-    assert RowShards(threads, "test").spans(rows, min_rows) == expected
+def test_split_rows_covers_the_rows_in_even_ranges(rows, count, expected):
+    shards = split_rows(rows, count)
+    assert [(s.start, s.stop) for s in shards] == expected
+    assert [(s.total, s.rank) for s in shards] == [(len(expected), i) for i in range(len(shards))]
 
 
-def test_run_runs_every_call_on_its_own_thread_and_raises_the_first_error():
-    shards = RowShards(3, "test")
-    seen: dict[int, str] = {}
+def _shards_of(shards: RowShards, rows: int, min_rows: int) -> list[Shard]:
+    seen: list[Shard] = []
+    shards.run(rows, min_rows, seen.append)
+    return sorted(seen)
+
+
+def test_run_takes_one_shard_per_min_rows_and_what_the_budget_spares():
+    budget = CoreBudget(3)
+    shards = RowShards(budget, "test")
+    assert [s.total for s in _shards_of(shards, 15, 8)] == [1]  # below 2 x min_rows: whole
+    assert [(s.start, s.stop) for s in _shards_of(shards, 20, 8)] == [(0, 10), (10, 20)]
+    assert len(_shards_of(shards, 64, 8)) == 3  # no more than the budget
+    taken = budget.take(2)  # another run (the other engine thread) holds two threads
+    assert [s.total for s in _shards_of(shards, 64, 8)] == [1]  # the one left: no split
+    budget.give_back(taken)
+    assert len(_shards_of(shards, 64, 8)) == 3  # every run gave its threads back
+    assert [s.total for s in _shards_of(RowShards(CoreBudget(1), "test"), 64, 8)] == [1]
+
+
+def test_run_runs_shards_at_once_and_raises_the_first_error_after_all_returned():
+    shards = RowShards(CoreBudget(3), "test")
+    threads: dict[int, str] = {}
     barrier = threading.Barrier(3, timeout=10)  # passes only if all three run at once
 
-    def call(i: int) -> None:
+    def call(shard: Shard) -> None:
         barrier.wait()
-        seen[i] = threading.current_thread().name
+        threads[shard.rank] = threading.current_thread().name
 
-    shards.run([functools.partial(call, i) for i in range(3)])
-    assert sorted(seen) == [0, 1, 2] and len(set(seen.values())) == 3
+    shards.run(30, 10, call)
+    assert sorted(threads) == [0, 1, 2] and len(set(threads.values())) == 3
 
     finished: list[int] = []
 
-    def slow_ok() -> None:
+    def fail_first(shard: Shard) -> None:
+        if shard.rank == 0:
+            raise ValueError("shard 0 failed")
         threading.Event().wait(0.2)
-        finished.append(1)
+        finished.append(shard.rank)
 
-    def failing() -> None:
-        raise ValueError("shard 1 failed")
-
-    with pytest.raises(ValueError, match="shard 1 failed"):
-        shards.run([slow_ok, failing])
-    assert finished == [1]  # the error came after every shard had returned
+    with pytest.raises(ValueError, match="shard 0 failed"):
+        shards.run(30, 10, fail_first)
+    assert sorted(finished) == [1, 2]  # the error came after every shard had returned
+    assert len(_shards_of(shards, 30, 10)) == 3  # and the threads were given back
 
 
 def test_sharded_sessions_give_every_row_its_unsplit_result(service_bundle):
