@@ -14,9 +14,11 @@ inside a run, so the shards really run in parallel.
 
 The scheduler's encoder and decoder threads run at the same time, so a model's runs share one
 `CoreBudget`: a run takes as many shards as there are threads no other run is using (at least
-one, its own). Under load, with both engine threads busy, each runs whole, single-threaded (on
-2 cores the engine then did 26,700 output tokens/s, where every run split in two did 16,000);
-a step while the encoder is idle gets both cores.
+one, its own), and a step while the encoder is idle gets both cores. Under closed-loop load
+(bench/engine_load.py, 32 clients, 2 cores) splitting every run in two took the engine to
+16,000 output tokens/s where one thread per run did 26,700; with the budget, 2 threads did
+21,300 against 24,000 for one thread in the same round (an encoder run that starts during a
+split step still finds both cores taken).
 """
 
 from __future__ import annotations
