@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (cpu_parallelism: auto)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     args = parser.parse_args()
     runner, segments = build_load(args.bundle, args.threads)
     results = [asyncio.run(measure(runner, segments, rows, args)) for rows in (64, 1)]
