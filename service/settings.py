@@ -41,7 +41,7 @@ class EngineSettings(BaseModel):
     """With more than one CPU thread: `row_shards` runs each graph single-threaded and splits a
     run of enough rows into that many row shards run at once (`service.row_shards`); `intra_op`
     gives ONNX Runtime's own threads to every run; `auto` times a one-row decoder step both ways
-    at load and takes intra-op threads only where they are 15% faster (never for the default
+    at load and takes intra-op threads only where they are 15% faster (not for the default
     model, whose operators are too short for threads to meet at each)."""
 
     max_active_rows: int = Field(default=64, ge=1, le=4096)
