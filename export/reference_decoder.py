@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.bundle import Bundle, decoder_output_names, encoder_output_names
-from service.runner import pad_right
+from service.runner import pad_right, source_width
 from service.sessions import open_session
 
 KVList = list[np.ndarray]  # flat: layer 0 key, layer 0 value, layer 1 key, ...
@@ -62,7 +62,8 @@ class ReferenceDecoder:
         self.pad_id, self.bos_id, self.eos_id = tokens["pad"], tokens["bos"], tokens["eos"]
 
     def encode(self, src_ids: list[list[int]]) -> Encoded:
-        ids, mask = pad_right(src_ids, self.pad_id)
+        # as the service pads: a row's results are then the same alone and in any batch
+        ids, mask = pad_right(src_ids, self.pad_id, source_width(max(map(len, src_ids))))
         cross = self.encoder.run(
             encoder_output_names(self.n_layers), {"input_ids": ids, "attention_mask": mask}
         )

@@ -44,6 +44,10 @@ class KVOps(Protocol):
         copy."""
         ...
 
+    def pad(self, kv: KVCache, length: int) -> KVCache:
+        """Every tensor followed by zeros up to `length` slots: one copy, none if it has them."""
+        ...
+
     def gather_rows(self, kv: KVCache, rows: np.ndarray, used: int) -> KVCache:
         """The cache with rows `rows` (N,) int64 moved to rows [0, N), in that order, for the
         slots [0, used); the cache keeps its shape, and what the other rows and slots hold is
@@ -71,6 +75,13 @@ class StackedKV:
         joined[:, :rows, :, : first.shape[3]] = first
         joined[:, rows:, :, : second.shape[3]] = second
         return joined
+
+    def pad(self, kv: KVCache, length: int) -> KVCache:
+        if kv.shape[3] == length:
+            return kv
+        padded = np.zeros((*kv.shape[:3], length, kv.shape[4]), dtype=kv.dtype)
+        padded[:, :, :, : kv.shape[3]] = kv
+        return padded
 
     def gather_rows(self, kv: KVCache, rows: np.ndarray, used: int) -> KVCache:
         moved = np.flatnonzero(rows != np.arange(len(rows)))  # rows already in place stay

@@ -4,7 +4,7 @@ All segments in flight are rows of one batch. A segment's rows are contiguous (o
 greedy search, up to beam_size under beam search). Per row the batch keeps its last token and
 that token's position (= the slots of its past); the self-attention cache has a fixed capacity,
 rows [0, B) in use, row b's past in its slots [0, position_b); the cross K/V are padded on the
-right to the longest source:
+right to the longest source, rounded up to a multiple of SOURCE_SLOTS:
 
     tokens (B,)  positions (B,)  src_mask (B, S)
     cache  2L x (R, H, M, Dh), R >= B, M > max(positions)     cross 2L x (B, H, S, Dh)
@@ -78,6 +78,15 @@ class _Batch:
 
 
 MIN_SLOTS = 32  # the cache's first slot capacity; it doubles when a row needs more
+# The source slots of the cross K/V and mask are a multiple of this, so that a row's arithmetic
+# never depends on the other rows of its batch. ONNX Runtime's CPU cross-attention (one query
+# over S keys) gives a row with L real keys one result for every padded width S > L, but another,
+# off by ~1e-7, for S = L when L is 3 mod 4 (measured for L up to 40, heads 2-16, head size
+# 16-64; tests/service/test_service_runner.py). A row alone had S = L; in a batch, S = the
+# longest source. In fp32 that was a 1e-6 difference in the logits; int8 turned it into 0.04,
+# as it quantizes activations and one rounding flipped. With S a multiple of 4, never 3 mod 4,
+# a row's logits are bit-identical alone and in any batch.
+SOURCE_SLOTS = 4
 KEEP_CACHE_BYTES = 64 << 20  # an idle runner keeps a cache up to this size for the next rows
 
 
@@ -90,9 +99,17 @@ def _nbytes(cache: KVCache) -> int:
     return len(cache) * int(np.prod(shape)) * itemsize
 
 
-def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad rows into ids (B, S) and a 0/1 mask (B, S), both int64."""
-    width = max(len(r) for r in rows)
+def source_width(longest: int) -> int:
+    """The source slots for a longest source of `longest` tokens: a multiple of SOURCE_SLOTS."""
+    return -(-longest // SOURCE_SLOTS) * SOURCE_SLOTS
+
+
+def pad_right(
+    rows: Sequence[Sequence[int]], pad_id: int, width: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad rows into ids (B, S) and a 0/1 mask (B, S), both int64; S is the longest row,
+    or `width` if that is more."""
+    width = max(width, *(len(r) for r in rows))
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
@@ -176,7 +193,7 @@ class Seq2SeqRunner:
         """Run the encoder on `jobs` (groups of similar source length, one run each); their rows
         join the batch when a later `step` admits the result. Thread-safe: no batch state."""
         ordered = tuple(sorted(jobs, key=lambda job: len(job.src_ids)))
-        src_len = len(ordered[-1].src_ids)
+        src_len = source_width(len(ordered[-1].src_ids))
         cross: KVCache | None = None
         seconds = real = padded = 0.0
         for start, stop in _length_groups([len(job.src_ids) for job in ordered]):
@@ -186,7 +203,8 @@ class Seq2SeqRunner:
             seconds += time.perf_counter() - began
             real, padded = real + float(mask.sum()), padded + mask.size
             cross = part if cross is None else self._kv.join(cross, part, src_len)
-        _, src_mask = pad_right([job.src_ids for job in ordered], self._pad_id)
+        _, src_mask = pad_right([job.src_ids for job in ordered], self._pad_id, src_len)
+        cross = self._kv.pad(cross, src_len)
         return EncodedSegments(ordered, cross, src_mask, seconds, real / padded)
 
     def step(self, plan: StepPlan) -> StepResult:
@@ -331,7 +349,7 @@ class Seq2SeqRunner:
         src_mask, cross = b.src_mask, b.cross
         if layout_changed:
             src_mask = b.src_mask[rows]
-            last = int(np.flatnonzero(src_mask.any(axis=0))[-1]) + 1
+            last = source_width(int(np.flatnonzero(src_mask.any(axis=0))[-1]) + 1)
             src_mask = src_mask[:, :last]
             cross = self._kv.take(b.cross, rows, 0, last)
         self._batch = _Batch(

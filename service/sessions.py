@@ -445,7 +445,7 @@ class OrtValueKV:
         return self._apply("take", kv, {"rows": rows.astype(np.int64)})
 
     def join(self, first: KVCache, second: KVCache, length: int) -> KVCache:
-        first, second = self._pad(first, length), self._pad(second, length)
+        first, second = self.pad(first, length), self.pad(second, length)
         return self._apply("concat", [*first, *second], {})
 
     def gather_rows(self, kv: KVCache, rows: np.ndarray, used: int) -> KVCache:
@@ -456,7 +456,7 @@ class OrtValueKV:
         padded[: len(rows)] = rows
         return self._apply("take", kv, {"rows": padded})
 
-    def _pad(self, kv: KVCache, length: int) -> KVCache:
+    def pad(self, kv: KVCache, length: int) -> KVCache:
         missing = length - kv[0].shape()[2]
         if missing == 0:
             return kv
