@@ -5,7 +5,9 @@ It never imports torch.
 
 Search semantics (the service's runner follows the same rules, so outputs can be compared exactly):
   * Decoding starts from `<s>` at position 0; a hypothesis ends with `</s>` or at `max_new_tokens`.
-  * Scores are sums of log-probabilities (log-softmax in float32 over the logits).
+  * Scores are sums of log-probabilities: log-softmax in float32 over the logits, (logits - top)
+    - lse with top and lse as the decoder-step graph computes them (`service.scoring_graph`),
+    the very values the service takes.
   * Beam search keeps `beam_size` live hypotheses. At each step it ranks all (beam, token)
     extensions by score, highest first, ties to the lower beam index then the lower token id,
     and walks the ranking: an extension ending in `</s>` becomes a finished hypothesis, any
@@ -24,6 +26,8 @@ import numpy as np
 
 from service.bundle import Bundle, decoder_output_names, encoder_output_names
 from service.runner import pad_right, source_width
+from service.scoring_graph import OUTPUTS as SCORE_OUTPUTS
+from service.search import StepLogits
 from service.sessions import open_session
 
 KVList = list[np.ndarray]  # flat: layer 0 key, layer 0 value, layer 1 key, ...
@@ -53,7 +57,7 @@ class ReferenceDecoder:
     def __init__(self, bundle: Bundle, threads: int = 1) -> None:
         # the service's own session settings, so both run the very same optimized graphs
         self.encoder = open_session(str(bundle.encoder_path), "cpu", threads)
-        self.decoder = open_session(str(bundle.decoder_path), "cpu", threads)
+        self.decoder = open_session(str(bundle.decoder_path), "cpu", threads, step_scores=True)
         manifest = bundle.manifest
         self.n_layers = manifest.n_layers
         self.kv_shape = (manifest.n_heads, manifest.head_dim)
@@ -84,6 +88,17 @@ class ReferenceDecoder:
         """One decoder step: tokens (B,), row b's at position past_lengths[b] over its past in
         the slots [0, past_lengths[b]) of `past` -> logits (B, V) and the cache with slot
         past_lengths[b] written (a copy here: no buffer is shared)."""
+        step, present = self.scored_step(tokens, past_lengths, encoded, past)
+        return step.logits, present
+
+    def scored_step(
+        self,
+        tokens: np.ndarray,
+        past_lengths: np.ndarray,
+        encoded: Encoded,
+        past: KVList,
+    ) -> tuple[StepLogits, KVList]:
+        """`step`, with the reductions of the logits that the graph computes."""
         lengths = past_lengths.astype(np.int32)
         feed = {
             "input_ids": tokens.astype(np.int64),
@@ -96,14 +111,15 @@ class ReferenceDecoder:
             feed[f"past_key_values.{i}.decoder.value"] = past[2 * i + 1]
             feed[f"past_key_values.{i}.encoder.key"] = encoded.cross[2 * i]
             feed[f"past_key_values.{i}.encoder.value"] = encoded.cross[2 * i + 1]
-        logits, *present = self.decoder.run(decoder_output_names(self.n_layers), feed)
-        return logits, list(present)
+        names = [*decoder_output_names(self.n_layers), *SCORE_OUTPUTS]
+        logits, *present, best, top, lse = self.decoder.run(names, feed)
+        return StepLogits(logits, best, top, lse), list(present)
 
     def uniform_step(
         self, tokens: np.ndarray, step: int, encoded: Encoded, past: KVList
-    ) -> tuple[np.ndarray, KVList]:
+    ) -> tuple[StepLogits, KVList]:
         """A step for rows that all have `step` past slots."""
-        return self.step(tokens, np.full(tokens.shape[0], step), encoded, past)
+        return self.scored_step(tokens, np.full(tokens.shape[0], step), encoded, past)
 
     def greedy(self, src_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy search; per row the ids after `<s>`, ending with `</s>` unless cut."""
@@ -114,8 +130,8 @@ class ReferenceDecoder:
         outputs: list[list[int]] = [[] for _ in range(batch)]
         done = np.zeros(batch, dtype=bool)
         for step in range(max_new_tokens):
-            logits, past = self.uniform_step(tokens, step, encoded, past)
-            tokens = logits.argmax(axis=-1).astype(np.int64)
+            scored, past = self.uniform_step(tokens, step, encoded, past)
+            tokens = scored.logits.argmax(axis=-1).astype(np.int64)
             for row in np.flatnonzero(~done):
                 outputs[row].append(int(tokens[row]))
             done |= tokens == self.eos_id
@@ -139,10 +155,10 @@ class ReferenceDecoder:
         for step in range(max_new_tokens):
             rows = np.zeros(len(beams), dtype=np.int64)
             last = np.array([ids[-1] if ids else self.bos_id for ids, _ in beams], dtype=np.int64)
-            logits, past = self.uniform_step(last, step, encoded.take(rows), past)
-            scores = np.array([s for _, s in beams], dtype=np.float32)[:, None] + log_softmax(
-                logits
-            )
+            scored, past = self.uniform_step(last, step, encoded.take(rows), past)
+            assert scored.top is not None and scored.lse is not None
+            logprobs = (scored.logits.astype(np.float32) - scored.top) - scored.lse
+            scores = np.array([s for _, s in beams], dtype=np.float32)[:, None] + logprobs
             order = np.argsort(-scores, axis=None, kind="stable")  # beam-major, then token id
             chosen: list[tuple[list[int], float]] = []
             origins: list[int] = []

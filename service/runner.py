@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from service.kv import KVCache, KVOps
-from service.search import DecodingRules, Search, StepScores, make_search
+from service.search import DecodingRules, Search, StepLogits, StepScores, make_search
 from service.types import EncodedSegments, SegmentJob, SegmentUpdate, StepPlan, StepResult
 
 
@@ -54,10 +54,10 @@ class ModelSessions(Protocol):
         src_mask: np.ndarray,
         cache: KVCache,
         cross: KVCache,
-    ) -> np.ndarray:
+    ) -> StepLogits:
         """One step for B = len(tokens) rows: (B,) tokens at positions `past_lengths` (B,),
-        (B, S) source mask -> logits (B, V); writes each row's key and value into `cache` at
-        slot past_lengths[b]."""
+        (B, S) source mask -> logits (B, V), with their reductions where the graph has them;
+        writes each row's key and value into `cache` at slot past_lengths[b]."""
         ...
 
 
@@ -226,7 +226,7 @@ class Seq2SeqRunner:
         start = time.perf_counter()
         logits = self._sessions.decode(
             batch.tokens, batch.positions, src_mask=batch.src_mask, cache=cache, cross=batch.cross
-        )  # (B, V); the cache now holds slot positions[b] of every row b
+        )  # (B, V) and reductions; the cache now holds slot positions[b] of every row b
         step_seconds = time.perf_counter() - start
         rows = len(batch.tokens)
         parents, tokens, updates = self._select(logits)
@@ -297,7 +297,7 @@ class Seq2SeqRunner:
             cross=self._kv.join(old.cross, new.cross, src_len),
         )
 
-    def _select(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[SegmentUpdate]]:
+    def _select(self, logits: StepLogits) -> tuple[np.ndarray, np.ndarray, list[SegmentUpdate]]:
         """Each search advances on its rows' logits (B, V) -> parent rows (B',), tokens (B',)."""
         assert self._batch is not None
         scores = StepScores.of(logits, self._rules)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -66,6 +67,16 @@ class DecodingRules:
 NO_RULES = DecodingRules()
 
 
+class StepLogits(NamedTuple):
+    """A decoder step's output for B rows: the logits and, where the graph computed them
+    (`service.scoring_graph`), their argmax and log-softmax parts; None where it did not."""
+
+    logits: np.ndarray  # (B, V)
+    best: np.ndarray | None = None  # (B,) int64 argmax
+    top: np.ndarray | None = None  # (B, 1) float32 max
+    lse: np.ndarray | None = None  # (B, 1) float32 log(sum(exp(logits - top)))
+
+
 @dataclass(frozen=True)
 class StepScores:
     """One decoder step's scores for every row of the batch, computed once.
@@ -77,7 +88,8 @@ class StepScores:
 
     With suppressed tokens `logits` are a copy with -inf there; `top` and `lse` are those of the
     masked logits under `renormalize`, else of the logits as they came (so `best`, the argmax of
-    the masked logits, may be below `top`).
+    the masked logits, may be below `top`). Where the step's graph computed the parts of the
+    logits as they came (`StepLogits`), they are taken as they are.
     """
 
     logits: np.ndarray  # (B, V) float32, suppressed tokens at -inf
@@ -89,16 +101,18 @@ class StepScores:
     best_logprobs: list[float]  # the log-probability of each row's `best`
 
     @classmethod
-    def of(cls, logits: np.ndarray, rules: DecodingRules = NO_RULES) -> StepScores:
-        """From the step's logits (B, V) under `rules`."""
-        x = logits.astype(np.float32, copy=False)
+    def of(cls, step: StepLogits | np.ndarray, rules: DecodingRules = NO_RULES) -> StepScores:
+        """From the step's logits (B, V), or its `StepLogits`, under `rules`."""
+        if isinstance(step, np.ndarray):
+            step = StepLogits(step)
+        x = step.logits.astype(np.float32, copy=False)
         if not rules.suppress_tokens:
-            return cls._normalised(x)
+            return cls._normalised(x) if step.lse is None else cls._from_parts(x, step)
         masked = x.copy()
         masked[:, list(rules.suppress_tokens)] = -np.inf
         if rules.renormalize:
             return cls._normalised(masked)
-        raw = cls._normalised(x)
+        raw = cls._normalised(x) if step.lse is None else cls._from_parts(x, step)
         best = masked.argmax(axis=-1)
         shift = masked[np.arange(len(x)), best] - raw.top[:, 0]  # (B,) float32, <= 0
         return cls(masked, best, raw.top, raw.lse, best.tolist(), (shift - raw.lse[:, 0]).tolist())
@@ -112,6 +126,12 @@ class StepScores:
         lse = np.log(np.exp(shifted, out=shifted).sum(axis=-1, keepdims=True))
         # at the argmax shifted is exactly 0, so its log-probability is 0 - lse = -lse
         return cls(x, best, top, lse, best.tolist(), np.negative(lse[:, 0]).tolist())
+
+    @classmethod
+    def _from_parts(cls, x: np.ndarray, step: StepLogits) -> StepScores:
+        """`x` (B, V) float32 with the parts its graph computed."""
+        assert step.best is not None and step.top is not None and step.lse is not None
+        return cls(x, step.best, step.top, step.lse, step.best.tolist(), (-step.lse[:, 0]).tolist())
 
     def logprobs(self, start: int, stop: int) -> np.ndarray:
         """Log-softmax of rows [start, stop) -> (R, V) float32."""

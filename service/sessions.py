@@ -36,6 +36,8 @@ from onnx import TensorProto, helper
 from service.bundle import Bundle, encoder_output_names
 from service.kv import KVCache, KVOps, StackedKV
 from service.row_shards import CoreBudget, RowShards, Shard
+from service.scoring_graph import BEST, LSE, TOP, with_step_scores
+from service.search import StepLogits
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +85,20 @@ def _wanted_providers(device: str) -> list[str]:
     return [CPU]
 
 
-def open_session(path: str, device: str, threads: int) -> ort.InferenceSession:
-    """A session on the requested device, checked against the provider it really got.
+def open_session(
+    path: str, device: str, threads: int, step_scores: bool = False
+) -> ort.InferenceSession:
+    """A session on the requested device, checked against the provider it really got; with
+    `step_scores`, of the decoder-step graph with its logits' reductions appended
+    (`service.scoring_graph`).
 
     Raises:
         DeviceError: `cuda` was requested and the session did not get the CUDA provider.
     """
     providers = _wanted_providers(device)
+    model = with_step_scores(onnx.load(path)).SerializeToString() if step_scores else path
     session = ort.InferenceSession(
-        path,
+        model,
         _session_options(threads),
         providers=providers,
         disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if providers == [CPU] else None,
@@ -136,7 +143,7 @@ def choose_parallelism(decoder_path: str, bundle: Bundle, threads: int) -> tuple
         for kv in ("key", "value"):
             feed[f"past_key_values.{i}.decoder.{kv}"] = np.zeros((1, heads, 16, head_dim), dtype)
             feed[f"past_key_values.{i}.encoder.{kv}"] = np.zeros((1, heads, 8, head_dim), dtype)
-    sessions = [open_session(decoder_path, "cpu", 1), open_session(decoder_path, "cpu", threads)]
+    sessions = [open_session(decoder_path, "cpu", n, step_scores=True) for n in (1, threads)]
     times: list[list[float]] = [[], []]
     for _ in range(CALIBRATION_STEPS):
         for session, taken in zip(sessions, times, strict=True):
@@ -183,7 +190,7 @@ class OrtSessions:
         shards = count if parallelism == "row_shards" else 1
         intra_op = 1 if shards > 1 else threads
         self.encoder = open_session(str(bundle.encoder_path), device, intra_op)
-        self.decoder = open_session(decoder_path, device, intra_op)
+        self.decoder = open_session(decoder_path, device, intra_op, step_scores=True)
         self.provider: str = self.decoder.get_providers()[0]
         if device == "auto" and self.provider != CUDA:
             log.warning(
@@ -204,7 +211,7 @@ class OrtSessions:
         self._encoder_shards = RowShards(budget, "encoder-shard")
         self._decoder_shards = RowShards(budget, "decoder-shard")
         self._steps: dict[tuple[int, int], _StepBinding] = {}  # (total, rank) -> its binding
-        self._logits = np.empty((0, self._vocab), dtype=self._float)  # (B, V), reused
+        self._outputs = _StepOutputs.empty(0, self._vocab, self._float)  # reused while B holds
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVCache:
         """(B, S) ids and mask -> cross K/V 2L x (B, H, S, Dh)."""
@@ -251,17 +258,18 @@ class OrtSessions:
         src_mask: np.ndarray,
         cache: KVCache,
         cross: KVCache,
-    ) -> np.ndarray:
-        """One step for the B = len(tokens) rows -> logits (B, V), valid until the next call.
+    ) -> StepLogits:
+        """One step for the B = len(tokens) rows -> logits (B, V) and their reductions, valid
+        until the next call.
 
         Row b's token is at position past_lengths[b]; its key and value are written into
         `cache` (2L x (R, H, M, Dh), R >= B, M > past_lengths[b]) at that slot, in place."""
         rows = len(tokens)
-        if len(self._logits) != rows:
-            self._logits = np.empty((rows, self._vocab), dtype=self._float)
-        batch = _StepInputs(tokens, past_lengths, src_mask, cache, cross, self._logits)
+        if len(self._outputs.logits) != rows:
+            self._outputs = _StepOutputs.empty(rows, self._vocab, self._float)
+        batch = _StepInputs(tokens, past_lengths, src_mask, cache, cross, self._outputs)
         self._decoder_shards.run(rows, MIN_SHARD_ROWS, functools.partial(self._step_rows, batch))
-        return self._logits
+        return StepLogits(*self._outputs)
 
     def _step_rows(self, batch: _StepInputs, shard: Shard) -> None:
         """The step of the shard's rows, through the binding kept for that shard."""
@@ -273,15 +281,33 @@ class OrtSessions:
         binding.run(batch, shard.start, shard.stop)
 
 
+class _StepOutputs(NamedTuple):
+    """The buffers a step writes, all B rows: `StepLogits` in its field order."""
+
+    logits: np.ndarray  # (B, V)
+    best: np.ndarray  # (B,) int64
+    top: np.ndarray  # (B, 1) float32
+    lse: np.ndarray  # (B, 1) float32
+
+    @classmethod
+    def empty(cls, rows: int, vocab: int, dtype: np.dtype) -> _StepOutputs:
+        return cls(
+            np.empty((rows, vocab), dtype=dtype),
+            np.empty(rows, dtype=np.int64),
+            np.empty((rows, 1), dtype=np.float32),
+            np.empty((rows, 1), dtype=np.float32),
+        )
+
+
 class _StepInputs(NamedTuple):
-    """One decoder step's inputs and logits buffer, all B rows; a shard binds its own rows."""
+    """One decoder step's inputs and output buffers, all B rows; a shard binds its own rows."""
 
     tokens: np.ndarray  # (B,) int64
     past_lengths: np.ndarray  # (B,) int64
     src_mask: np.ndarray  # (B, S) int64
     cache: KVCache  # 2L x (R, H, M, Dh), R >= B
     cross: KVCache  # 2L x (B, H, S, Dh)
-    logits: np.ndarray  # (B, V), written by the step
+    outputs: _StepOutputs  # written by the step
 
 
 class _StepBinding:
@@ -309,17 +335,18 @@ class _StepBinding:
             f"past_key_values.{i}.encoder.{kv}" for i in range(n_layers) for kv in ("key", "value")
         ]
         self._bound_cache: tuple[Any, ...] = ()  # (start, stop, cache) last bound
-        self._bound_batch: tuple[Any, ...] = ()  # (start, stop, cross, src_mask, logits)
+        self._bound_batch: tuple[Any, ...] = ()  # (start, stop, cross, src_mask, outputs)
         self._mask = np.zeros((0, 0), dtype=np.int64)  # (b, S) the inputs, bound by address
         self._tokens = np.zeros(0, dtype=np.int64)  # (b,)
         self._lengths = np.zeros(0, dtype=np.int32)  # (b,)
         self._total = np.zeros((), dtype=np.int32)  # ()
 
     def run(self, step: _StepInputs, start: int, stop: int) -> None:
-        """One step of rows [start, stop): their logits into step.logits[start:stop]."""
+        """One step of rows [start, stop): their outputs into rows [start, stop) of
+        step.outputs."""
         if not _same(self._bound_cache, (start, stop, step.cache)):
             self._bind_cache(step.cache, start, stop)
-        if not _same(self._bound_batch, (start, stop, step.cross, step.src_mask, step.logits)):
+        if not _same(self._bound_batch, (start, stop, step.cross, step.src_mask, step.outputs)):
             self._bind_batch(step, start, stop)
         # the small inputs are bound by address too: a step only writes them
         self._tokens[:] = step.tokens[start:stop]
@@ -336,7 +363,7 @@ class _StepBinding:
         self._bound_cache = (start, stop, cache)  # bound by address: kept alive while bound
 
     def _bind_batch(self, step: _StepInputs, start: int, stop: int) -> None:
-        """The cross K/V, the source mask, the small inputs and the logits of the rows."""
+        """The cross K/V, the source mask, the small inputs and the outputs of the rows."""
         binding = self._binding
         rows = stop - start
         for k, name in enumerate(self._cross):
@@ -359,12 +386,13 @@ class _StepBinding:
             ("total_length", self._total),
         ):
             binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-        logits = step.logits[start:stop]  # contiguous rows of the (B, V) buffer
-        binding.bind_output(
-            "logits", "cpu", 0, logits.dtype, list(logits.shape), logits.ctypes.data
-        )
+        for name, whole in zip(("logits", BEST, TOP, LSE), step.outputs, strict=True):
+            rows_of = whole[start:stop]  # contiguous rows of a (B, ...) buffer
+            binding.bind_output(
+                name, "cpu", 0, rows_of.dtype, list(rows_of.shape), rows_of.ctypes.data
+            )
         # bound by address: kept alive while bound
-        self._bound_batch = (start, stop, step.cross, step.src_mask, step.logits)
+        self._bound_batch = (start, stop, step.cross, step.src_mask, step.outputs)
 
     def _rows_of(self, tensor: Any, start: int, stop: int) -> tuple[int, list[int], Any]:
         """Address, shape (rows, H, M, Dh) and numpy dtype of rows [start, stop) of a cache

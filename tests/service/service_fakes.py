@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.kv import StackedKV
+from service.search import StepLogits
 from service.types import (
     DecodingOptions,
     EncodedSegments,
@@ -159,7 +160,7 @@ class ToySessions:
         src_mask: np.ndarray,
         cache: np.ndarray,
         cross: np.ndarray,
-    ) -> np.ndarray:
+    ) -> StepLogits:
         rows = len(tokens)
         new = (7 * tokens + past_lengths).astype(np.float32)  # (B,)
         for k in range(len(cache)):
@@ -175,4 +176,4 @@ class ToySessions:
         logits: np.ndarray = hashed.astype(np.float32) / 50
         ended = past_lengths >= 8 + source % 25  # (B,)
         logits[:, EOS] = np.where(ended, 100.0, -100.0)
-        return logits
+        return StepLogits(logits)  # no reductions: StepScores computes them

@@ -105,7 +105,7 @@ def test_sharded_sessions_give_every_row_its_unsplit_result(service_bundle):
                     src_mask=mask,
                     cache=cache,
                     cross=cross,
-                ).copy()
+                ).logits.copy()
             )
         outputs.append((cross, steps, cache[:, :, :, :3].copy()))
     (cross_1, steps_1, cache_1), (cross_2, steps_2, cache_2) = outputs

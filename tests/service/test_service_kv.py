@@ -134,7 +134,7 @@ def _toy_reference(job: SegmentJob) -> tuple[Hypothesis, ...]:
                 cache=present,
                 cross=cross,
             )
-            logits.append(row_logits[0])
+            logits.append(row_logits.logits[0])
             presents.append(present)
         origins, tokens = search.advance(StepScores.of(np.stack(logits)), 0)
         pasts = [presents[origin] for origin in origins]
@@ -187,11 +187,11 @@ def _logits_by_row(
     decode = sessions.decode
 
     def recording(tokens, past_lengths, **kwargs):
-        logits = decode(tokens, past_lengths, **kwargs)
+        step = decode(tokens, past_lengths, **kwargs)
         assert runner._batch is not None
         for row, seq_id in enumerate(runner._batch.seq_of_row):
-            seen[int(seq_id)].append(logits[row].copy())
-        return logits
+            seen[int(seq_id)].append(step.logits[row].copy())
+        return step
 
     sessions.decode = recording  # type: ignore[method-assign]
     for step in itertools.count():
