@@ -81,11 +81,11 @@ MIN_SLOTS = 32  # the cache's first slot capacity; it doubles when a row needs m
 # The source slots of the cross K/V and mask are a multiple of this, so that a row's arithmetic
 # never depends on the other rows of its batch. ONNX Runtime's CPU cross-attention (one query
 # over S keys) gives a row with L real keys one result for every padded width S > L, but another,
-# off by ~1e-7, for S = L when L is 3 mod 4 (measured for L up to 40, heads 2-16, head size
-# 16-64; tests/service/test_service_runner.py). A row alone had S = L; in a batch, S = the
-# longest source. In fp32 that was a 1e-6 difference in the logits; int8 turned it into 0.04,
-# as it quantizes activations and one rounding flipped. With S a multiple of 4, never 3 mod 4,
-# a row's logits are bit-identical alone and in any batch.
+# off by ~1e-7, for S = L when L is 3 mod 4 (measured on the operator alone for L up to 40,
+# 2-16 heads of 16-64). A row alone had S = L; in a batch, S = the longest source. In fp32 that
+# was a 1e-6 difference in the logits; int8 turned it into 0.04, as it quantizes activations
+# and one rounding flipped. With S a multiple of 4, never 3 mod 4, a row's logits are
+# bit-identical alone and in any batch (tests/service/test_service_kv.py checks it).
 SOURCE_SLOTS = 4
 KEEP_CACHE_BYTES = 64 << 20  # an idle runner keeps a cache up to this size for the next rows
 
