@@ -27,6 +27,7 @@ import numpy as np
 from service.bundle import Bundle, decoder_output_names, encoder_output_names
 from service.runner import pad_right, source_width
 from service.scoring_graph import OUTPUTS as SCORE_OUTPUTS
+from service.scoring_graph import scored_decoder
 from service.search import StepLogits
 from service.sessions import open_session
 
@@ -57,7 +58,8 @@ class ReferenceDecoder:
     def __init__(self, bundle: Bundle, threads: int = 1) -> None:
         # the service's own session settings, so both run the very same optimized graphs
         self.encoder = open_session(str(bundle.encoder_path), "cpu", threads)
-        self.decoder = open_session(str(bundle.decoder_path), "cpu", threads, step_scores=True)
+        path = str(bundle.decoder_path)
+        self.decoder = open_session(path, "cpu", threads, scored_decoder(path))
         manifest = bundle.manifest
         self.n_layers = manifest.n_layers
         self.kv_shape = (manifest.n_heads, manifest.head_dim)
@@ -131,7 +133,8 @@ class ReferenceDecoder:
         done = np.zeros(batch, dtype=bool)
         for step in range(max_new_tokens):
             scored, past = self.uniform_step(tokens, step, encoded, past)
-            tokens = scored.logits.argmax(axis=-1).astype(np.int64)
+            assert scored.best is not None
+            tokens = scored.best
             for row in np.flatnonzero(~done):
                 outputs[row].append(int(tokens[row]))
             done |= tokens == self.eos_id

@@ -224,12 +224,12 @@ class Seq2SeqRunner:
         batch = self._batch
         cache = self._reserve(len(batch.tokens), int(batch.positions.max()) + 1)
         start = time.perf_counter()
-        logits = self._sessions.decode(
+        step_logits = self._sessions.decode(
             batch.tokens, batch.positions, src_mask=batch.src_mask, cache=cache, cross=batch.cross
         )  # (B, V) and reductions; the cache now holds slot positions[b] of every row b
         step_seconds = time.perf_counter() - start
         rows = len(batch.tokens)
-        parents, tokens, updates = self._select(logits)
+        parents, tokens, updates = self._select(step_logits)
         batch.positions = batch.positions + 1
         if len(parents) == 0:
             self._empty()
@@ -297,10 +297,12 @@ class Seq2SeqRunner:
             cross=self._kv.join(old.cross, new.cross, src_len),
         )
 
-    def _select(self, logits: StepLogits) -> tuple[np.ndarray, np.ndarray, list[SegmentUpdate]]:
+    def _select(
+        self, step_logits: StepLogits
+    ) -> tuple[np.ndarray, np.ndarray, list[SegmentUpdate]]:
         """Each search advances on its rows' logits (B, V) -> parent rows (B',), tokens (B',)."""
         assert self._batch is not None
-        scores = StepScores.of(logits, self._rules)
+        scores = StepScores.of(step_logits, self._rules)
         parents: list[int] = []
         tokens: list[int] = []
         updates: list[SegmentUpdate] = []

@@ -21,6 +21,13 @@ OUTPUTS = (BEST, TOP, LSE)
 EXP, SUM = "step_scores.exp", "step_scores.sum"
 
 
+def scored_decoder(path: str) -> bytes:
+    """The decoder-step graph at `path` with its logits' reductions appended, serialized for a
+    session (loaded and built once per model: the calibration and the service's session share
+    it)."""
+    return with_step_scores(onnx.load(path)).SerializeToString()
+
+
 def with_step_scores(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` (a decoder step with a `logits` (B, V) output, float32 or float16) with three more
     outputs: BEST (B,) int64 argmax, first index on ties as numpy's; TOP (B, 1) float32 max;

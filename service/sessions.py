@@ -36,7 +36,7 @@ from onnx import TensorProto, helper
 from service.bundle import Bundle, encoder_output_names
 from service.kv import KVCache, KVOps, StackedKV
 from service.row_shards import CoreBudget, RowShards, Shard
-from service.scoring_graph import BEST, LSE, TOP, with_step_scores
+from service.scoring_graph import BEST, LSE, TOP, scored_decoder
 from service.search import StepLogits
 
 log = logging.getLogger(__name__)
@@ -86,19 +86,18 @@ def _wanted_providers(device: str) -> list[str]:
 
 
 def open_session(
-    path: str, device: str, threads: int, step_scores: bool = False
+    path: str, device: str, threads: int, graph: bytes | None = None
 ) -> ort.InferenceSession:
-    """A session on the requested device, checked against the provider it really got; with
-    `step_scores`, of the decoder-step graph with its logits' reductions appended
-    (`service.scoring_graph`).
+    """A session on the requested device, checked against the provider it really got, of the
+    graph at `path`, or of `graph` (serialized) where the service runs another form of it: the
+    decoder step with its logits' reductions, `scoring_graph.scored_decoder(path)`.
 
     Raises:
         DeviceError: `cuda` was requested and the session did not get the CUDA provider.
     """
     providers = _wanted_providers(device)
-    model = with_step_scores(onnx.load(path)).SerializeToString() if step_scores else path
     session = ort.InferenceSession(
-        model,
+        path if graph is None else graph,
         _session_options(threads),
         providers=providers,
         disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if providers == [CPU] else None,
@@ -120,7 +119,9 @@ def cpu_threads(threads: int) -> int:
     return threads if threads > 0 else len(os.sched_getaffinity(0))
 
 
-def choose_parallelism(decoder_path: str, bundle: Bundle, threads: int) -> tuple[str, list[float]]:
+def choose_parallelism(
+    decoder_path: str, decoder: bytes, bundle: Bundle, threads: int
+) -> tuple[str, list[float]]:
     """`row_shards` or `intra_op` for `threads` CPU threads: `intra_op` where it runs a one-row
     decoder step (8 source tokens, 8 past positions) at least INTRA_OP_MARGIN faster than one
     thread does. A run of one row cannot be split, so row shards leave it single-threaded: the
@@ -143,7 +144,7 @@ def choose_parallelism(decoder_path: str, bundle: Bundle, threads: int) -> tuple
         for kv in ("key", "value"):
             feed[f"past_key_values.{i}.decoder.{kv}"] = np.zeros((1, heads, 16, head_dim), dtype)
             feed[f"past_key_values.{i}.encoder.{kv}"] = np.zeros((1, heads, 8, head_dim), dtype)
-    sessions = [open_session(decoder_path, "cpu", n, step_scores=True) for n in (1, threads)]
+    sessions = [open_session(decoder_path, "cpu", n, decoder) for n in (1, threads)]
     times: list[list[float]] = [[], []]
     for _ in range(CALIBRATION_STEPS):
         for session, taken in zip(sessions, times, strict=True):
@@ -179,8 +180,9 @@ class OrtSessions:
         if _wanted_providers(device) != [CPU] or io_binding or count == 1:
             parallelism = "intra_op"  # one thread, or CUDA: nothing to choose
         decoder_path = str(bundle.decoder_path)
+        decoder = scored_decoder(decoder_path)
         if parallelism == "auto":
-            parallelism, timings = choose_parallelism(decoder_path, bundle, count)
+            parallelism, timings = choose_parallelism(decoder_path, decoder, bundle, count)
             log.info(
                 "%s: %d CPU threads as %s (one-row decoder step: %.0f us single-threaded, "
                 "%.0f us on %d intra-op threads)",
@@ -190,7 +192,7 @@ class OrtSessions:
         shards = count if parallelism == "row_shards" else 1
         intra_op = 1 if shards > 1 else threads
         self.encoder = open_session(str(bundle.encoder_path), device, intra_op)
-        self.decoder = open_session(decoder_path, device, intra_op, step_scores=True)
+        self.decoder = open_session(decoder_path, device, intra_op, decoder)
         self.provider: str = self.decoder.get_providers()[0]
         if device == "auto" and self.provider != CUDA:
             log.warning(
@@ -211,7 +213,7 @@ class OrtSessions:
         self._encoder_shards = RowShards(budget, "encoder-shard")
         self._decoder_shards = RowShards(budget, "decoder-shard")
         self._steps: dict[tuple[int, int], _StepBinding] = {}  # (total, rank) -> its binding
-        self._outputs = _StepOutputs.empty(0, self._vocab, self._float)  # reused while B holds
+        self._outputs = _step_outputs(0, self._vocab, self._float)  # reused while B holds
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> KVCache:
         """(B, S) ids and mask -> cross K/V 2L x (B, H, S, Dh)."""
@@ -266,10 +268,10 @@ class OrtSessions:
         `cache` (2L x (R, H, M, Dh), R >= B, M > past_lengths[b]) at that slot, in place."""
         rows = len(tokens)
         if len(self._outputs.logits) != rows:
-            self._outputs = _StepOutputs.empty(rows, self._vocab, self._float)
+            self._outputs = _step_outputs(rows, self._vocab, self._float)
         batch = _StepInputs(tokens, past_lengths, src_mask, cache, cross, self._outputs)
         self._decoder_shards.run(rows, MIN_SHARD_ROWS, functools.partial(self._step_rows, batch))
-        return StepLogits(*self._outputs)
+        return self._outputs
 
     def _step_rows(self, batch: _StepInputs, shard: Shard) -> None:
         """The step of the shard's rows, through the binding kept for that shard."""
@@ -281,22 +283,14 @@ class OrtSessions:
         binding.run(batch, shard.start, shard.stop)
 
 
-class _StepOutputs(NamedTuple):
-    """The buffers a step writes, all B rows: `StepLogits` in its field order."""
-
-    logits: np.ndarray  # (B, V)
-    best: np.ndarray  # (B,) int64
-    top: np.ndarray  # (B, 1) float32
-    lse: np.ndarray  # (B, 1) float32
-
-    @classmethod
-    def empty(cls, rows: int, vocab: int, dtype: np.dtype) -> _StepOutputs:
-        return cls(
-            np.empty((rows, vocab), dtype=dtype),
-            np.empty(rows, dtype=np.int64),
-            np.empty((rows, 1), dtype=np.float32),
-            np.empty((rows, 1), dtype=np.float32),
-        )
+def _step_outputs(rows: int, vocab: int, dtype: np.dtype) -> StepLogits:
+    """The buffers a step of `rows` rows writes: logits, best, top and lse."""
+    return StepLogits(
+        np.empty((rows, vocab), dtype=dtype),
+        np.empty(rows, dtype=np.int64),
+        np.empty((rows, 1), dtype=np.float32),
+        np.empty((rows, 1), dtype=np.float32),
+    )
 
 
 class _StepInputs(NamedTuple):
@@ -307,7 +301,7 @@ class _StepInputs(NamedTuple):
     src_mask: np.ndarray  # (B, S) int64
     cache: KVCache  # 2L x (R, H, M, Dh), R >= B
     cross: KVCache  # 2L x (B, H, S, Dh)
-    outputs: _StepOutputs  # written by the step
+    outputs: StepLogits  # buffers written by the step
 
 
 class _StepBinding:
@@ -387,6 +381,7 @@ class _StepBinding:
         ):
             binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         for name, whole in zip(("logits", BEST, TOP, LSE), step.outputs, strict=True):
+            assert whole is not None  # `_step_outputs` fills every field
             rows_of = whole[start:stop]  # contiguous rows of a (B, ...) buffer
             binding.bind_output(
                 name, "cpu", 0, rows_of.dtype, list(rows_of.shape), rows_of.ctypes.data

@@ -11,6 +11,7 @@ import pytest
 from service.bundle import load_bundle
 from service.row_shards import CoreBudget, RowShards, Shard, split_rows
 from service.runner import Seq2SeqRunner, pad_right
+from service.scoring_graph import scored_decoder
 from service.sessions import INTRA_OP_MARGIN, MIN_SHARD_ROWS, OrtSessions, choose_parallelism
 from service.tokenizer import load_tokenizer
 from service.types import DecodingOptions, SegmentJob, StepPlan
@@ -146,7 +147,8 @@ def test_runner_on_sharded_sessions_translates_as_unsharded(service_bundle):
 
 def test_auto_parallelism_takes_the_faster_one_row_step(service_bundle):
     bundle = load_bundle(service_bundle)
-    choice, (single, intra_op) = choose_parallelism(str(bundle.decoder_path), bundle, 2)
+    path = str(bundle.decoder_path)
+    choice, (single, intra_op) = choose_parallelism(path, scored_decoder(path), bundle, 2)
     assert single > 0 and intra_op > 0
     assert choice == ("intra_op" if intra_op < (1 - INTRA_OP_MARGIN) * single else "row_shards")
     assert OrtSessions(bundle, "cpu", 2).parallelism in ("row_shards", "intra_op")
