@@ -101,7 +101,12 @@ class World:
         return box[0]
 
     def close(self) -> None:
+        """Leave the process group once every rank is done with it. Without the barrier a rank
+        that finished first tore its connections down while rank 0 was still validating and
+        saving the last step, and gloo's worker threads sometimes aborted that rank at exit
+        ("terminate called without an active exception": 1 in 20 two-rank runs here)."""
         if self.distributed:
+            dist.barrier()
             dist.destroy_process_group()
 
 
